@@ -1,0 +1,141 @@
+"""Shared fixtures: the generated tiny Qwen3-VL, one real engine, apps, a live server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_tiny_model import make_model  # noqa: E402
+
+from vlserve.app import create_app  # noqa: E402
+from vlserve.config import Settings  # noqa: E402
+
+N_CTX = 4096
+
+
+def data_url(width: int = 96, height: int = 64, fmt: str = "PNG", color=(200, 40, 90)) -> str:
+    buf = io.BytesIO()
+    img = Image.new("RGB", (width, height), color)
+    img.paste((20, 160, 40), (0, 0, width // 2, height // 2))
+    img.save(buf, fmt)
+    mime = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}[fmt]
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def user(*parts) -> dict:
+    """A user message; str parts are text, ('img', url) parts are images."""
+    content = [{"type": "image_url", "image_url": {"url": p[1]}} if isinstance(p, tuple)
+               else {"type": "text", "text": p} for p in parts]
+    return {"role": "user", "content": content}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> tuple[str, str]:
+    model, mmproj = make_model(tmp_path_factory.mktemp("tiny"))
+    return str(model), str(mmproj)
+
+
+@pytest.fixture(scope="session")
+def settings(tiny_model) -> Settings:
+    model, mmproj = tiny_model
+    return Settings(model=model, mmproj=mmproj, model_alias="tiny", n_ctx=N_CTX, threads=2,
+                    warmup=False, queue_size=4, request_timeout=60)
+
+
+@pytest.fixture(scope="session")
+def engine(settings):
+    from vlserve.engine import LlamaEngine
+    eng = LlamaEngine(settings)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def make_app(engine, settings):
+    """Apps sharing the session's engine; each app's worker thread is stopped afterwards."""
+    apps = []
+
+    def make(**changes):
+        app = create_app(settings.replace(**changes), engine=engine)
+        worker = app.extensions["vlserve"]["worker"]
+        assert worker.wait_ready(60), worker.reason
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["vlserve"]["worker"].stop()
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app().test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """`python server.py serve …` (gunicorn) as a real process on a real port."""
+
+    def __init__(self, tiny_model, *extra: str, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        model, mmproj = tiny_model
+        cmd = [sys.executable, str(ROOT / "server.py"), "serve", "--model", model,
+               "--mmproj", mmproj, "--port", str(self.port), "--threads", "2",
+               "--ctx-size", str(N_CTX), "--alias", "tiny", *extra]
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=ROOT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 120):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, self.log()
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server did not become ready:\n" + self.log())
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model, tmp_path_factory):
+    server = LiveServer(tiny_model, "--queue-size", "3",
+                        log_path=tmp_path_factory.mktemp("live") / "server.log")
+    yield server
+    server.stop()

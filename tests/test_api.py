@@ -1,0 +1,199 @@
+"""The real app (Flask test client) on the real engine: shapes, streaming, and bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from conftest import N_CTX, data_url, user
+
+CHAT = "/v1/chat/completions"
+
+
+def sse_events(response) -> list:
+    body = response.get_data(as_text=True)
+    events = []
+    for block in body.split("\n\n"):
+        if block.startswith("data: "):
+            payload = block[len("data: "):]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def assert_error(response, status: int, code_or_type: str | None = None, needle: str = ""):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    err = response.get_json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"] and err["type"]
+    if code_or_type:
+        assert code_or_type in (err["code"], err["type"]), err
+    assert needle.lower() in err["message"].lower(), err["message"]
+    return err
+
+
+def test_non_streaming_completion_shape_and_usage(client):
+    r = client.post(CHAT, json={"messages": [user("Hello")], "max_tokens": 8, "temperature": 0})
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["object"] == "chat.completion" and body["model"] == "tiny"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert choice["finish_reason"] == "length"
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 8
+    assert body["timings"]["predicted_per_second"] > 0
+
+
+def test_image_raises_prompt_tokens_by_its_real_count(client, engine):
+    text = client.post(CHAT, json={"messages": [user("What is this?")], "max_tokens": 1}).get_json()
+    img = client.post(CHAT, json={"messages": [user(("img", data_url(128, 96)), "What is this?")],
+                                  "max_tokens": 1}).get_json()
+    added = img["usage"]["prompt_tokens"] - text["usage"]["prompt_tokens"]
+    assert added > 10  # every image token counts, not just its position span
+
+
+def test_streaming_chunks_role_first_then_content_finish_usage_done(client):
+    r = client.post(CHAT, json={"messages": [user(("img", data_url()), "Describe")],
+                                "max_tokens": 6, "temperature": 0, "stream": True,
+                                "stream_options": {"include_usage": True}})
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    first, *middle, finish, usage = events[:-1]
+    assert first["choices"][0]["delta"]["role"] == "assistant"
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
+    assert all("content" in e["choices"][0]["delta"] for e in middle) and middle
+    assert finish["choices"][0]["finish_reason"] == "length"
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 6
+
+
+def test_streamed_text_equals_non_streamed_text(client):
+    body = {"messages": [user("Same?")], "max_tokens": 16, "temperature": 0}
+    whole = client.post(CHAT, json=body).get_json()["choices"][0]["message"]["content"]
+    events = sse_events(client.post(CHAT, json={**body, "stream": True}))
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert streamed == whole
+
+
+def test_models_and_health(client):
+    models = client.get("/v1/models").get_json()
+    assert models["object"] == "list"
+    card = models["data"][0]
+    assert card["id"] == "tiny" and card["capabilities"]["vision"] is True
+    assert client.get("/v1/models/tiny").status_code == 200
+    assert_error(client.get("/v1/models/other"), 404, "model_not_found")
+    health = client.get("/health")
+    assert health.status_code == 200
+    h = health.get_json()
+    assert h["status"] == "ok" and h["queue_depth"] == 0 and h["n_ctx"] == N_CTX
+
+
+def test_health_is_503_with_a_reason_until_the_model_is_ready(settings, engine):
+    from vlserve.app import create_app
+    app = create_app(settings, engine=engine, start=False)  # the worker has not loaded yet
+    c = app.test_client()
+    r = c.get("/health")
+    assert r.status_code == 503 and r.get_json()["reason"] and r.headers["Retry-After"]
+    assert_error(c.post(CHAT, json={"messages": [user("hi")]}), 503, "model_not_ready")
+
+
+def test_missing_model_file_is_reported_by_health(settings):
+    from vlserve.app import create_app
+    app = create_app(settings.replace(model="/nonexistent/model.gguf"))
+    worker = app.extensions["vlserve"]["worker"]
+    assert not worker.wait_ready(10)
+    r = app.test_client().get("/health")
+    assert r.status_code == 503 and "/nonexistent/model.gguf" in r.get_json()["reason"]
+
+
+# ---- bad input: each gets its clear error and the server keeps serving -------------------------
+
+def png_bytes(w=32, h=32) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def b64url(raw: bytes, mime="image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(raw).decode()
+
+
+def bomb_png(side=60_000) -> bytes:
+    """A valid PNG header declaring side x side pixels, with almost no data behind it."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
+
+
+def img_msg(url):
+    return {"messages": [user(("img", url), "what?")], "max_tokens": 2}
+
+
+BAD = [
+    ("missing messages", {}, 400, "messages"),
+    ("empty messages", {"messages": []}, 400, "messages"),
+    ("unknown role", {"messages": [{"role": "robot", "content": "x"}]}, 400, "role"),
+    ("content wrong type", {"messages": [{"role": "user", "content": {"a": 1}}]}, 400, "content"),
+    ("n > 1", {"messages": [user("x")], "n": 3}, 400, "n=1"),
+    ("max_tokens 0", {"messages": [user("x")], "max_tokens": 0}, 400, "max_tokens"),
+    ("max_tokens absurd", {"messages": [user("x")], "max_tokens": 10**12}, 400, "max_tokens"),
+    ("temperature", {"messages": [user("x")], "temperature": 5}, 400, "temperature"),
+    ("top_p", {"messages": [user("x")], "top_p": -1}, 400, "top_p"),
+    ("invalid base64", img_msg("data:image/png;base64,@@not base64@@"), 400, "base64"),
+    ("not an image", img_msg(b64url(b"hello, I am text")), 400, "image"),
+    ("truncated png", img_msg(b64url(png_bytes(256, 256)[:200])), 400, "image"),
+    ("decompression bomb", img_msg(b64url(bomb_png())), 400, "pixels"),
+    ("http url", img_msg("http://example.com/cat.png"), 400, "offline"),
+    ("https url", img_msg("https://example.com/cat.png"), 400, "offline"),
+    ("file url", img_msg("file:///etc/passwd"), 400, "file:"),
+    ("too many images", {"messages": [user(*[("img", data_url(8, 8))] * 9, "x")]}, 400,
+     "too many images"),
+    ("prompt longer than context", {"messages": [user("word " * N_CTX)]}, 400, str(N_CTX)),
+]
+
+
+@pytest.mark.parametrize("name, body, status, needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_a_clear_error_and_server_stays_healthy(client, name, body, status, needle):
+    assert_error(client.post(CHAT, json=body), status, needle=needle)
+    ok = client.post(CHAT, json={"messages": [user("still there?")], "max_tokens": 2})
+    assert ok.status_code == 200
+    assert client.get("/health").status_code == 200
+
+
+def test_context_error_has_the_openai_code(client):
+    err = assert_error(client.post(CHAT, json={"messages": [user("word " * N_CTX)]}), 400)
+    assert err["code"] == "context_length_exceeded"
+
+
+def test_malformed_json(client):
+    r = client.post(CHAT, data=b'{"messages": [', content_type="application/json")
+    assert_error(r, 400, "invalid_request_error", "JSON")
+
+
+def test_unknown_path_and_wrong_method_are_json(client):
+    assert_error(client.get("/v1/nothing-here"), 404, "not_found")
+    assert_error(client.get(CHAT), 405, "method_not_allowed")
+    assert_error(client.delete("/v1/models"), 405)
+
+
+def test_body_over_the_limit_is_413(make_app):
+    c = make_app(max_body_bytes=50_000).test_client()
+    big = img_msg(b64url(b"\x00" * 60_000))
+    assert_error(c.post(CHAT, json=big), 413, "payload_too_large", "limit")
+    assert c.post(CHAT, json={"messages": [user("x")], "max_tokens": 1}).status_code == 200
+
+
+def test_decoded_image_over_its_cap_is_413(make_app, settings):
+    from vlserve.images import ImageLimits
+    c = make_app(images=ImageLimits(max_bytes=1000)).test_client()
+    assert_error(c.post(CHAT, json=img_msg(b64url(png_bytes(200, 200) + b"\x00" * 5000))), 413)

@@ -1,0 +1,133 @@
+"""The real llama.cpp engine on the generated tiny Qwen3-VL (text + mtmd vision)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import N_CTX, data_url
+from vlserve.engine import Delta, Finished
+from vlserve.errors import ContextLengthError
+from vlserve.images import ImageLimits, decode_data_url
+from vlserve.protocol import parse_chat_request
+
+
+def request(*parts, **params):
+    content = [{"type": "image_url", "image_url": p[1]} if isinstance(p, tuple)
+               else {"type": "text", "text": p} for p in parts]
+    return parse_chat_request({"messages": [{"role": "user", "content": content}], **params},
+                              max_tokens_cap=N_CTX)
+
+
+def images_of(req):
+    return [decode_data_url(p.url, ImageLimits()) for p in req.image_parts]
+
+
+def run(engine, req, cancel_after: int | None = None):
+    prompt = engine.prepare(req, images_of(req))
+    deltas = []
+    try:
+        for ev in engine.generate(prompt, req.params,
+                                  lambda: cancel_after is not None and len(deltas) >= cancel_after):
+            if isinstance(ev, Delta):
+                deltas.append(ev.text)
+            else:
+                assert isinstance(ev, Finished)
+                return "".join(deltas), ev
+    finally:
+        prompt.close()
+
+
+def test_image_adds_exactly_its_tokens_to_the_prompt(engine):
+    text_only = engine.prepare(request("What is in the picture?"), [])
+    req = request(("img", data_url(96, 64)), "What is in the picture?")
+    with_image = engine.prepare(req, images_of(req))
+    big = request(("img", data_url(640, 480)), "What is in the picture?")
+    with_big = engine.prepare(big, images_of(big))
+    try:
+        assert with_image.image_tokens > 0 and with_image.n_images == 1
+        # the image's own tokens plus <|vision_start|> and <|vision_end|> around them
+        assert with_image.n_tokens - text_only.n_tokens == with_image.image_tokens + 2
+        assert with_big.image_tokens > with_image.image_tokens
+    finally:
+        for p in (text_only, with_image, with_big):
+            p.close()
+
+
+def test_greedy_is_deterministic_and_printable(engine):
+    req = request("Tell me a story.", temperature=0, max_tokens=24)
+    first, fin = run(engine, req)
+    second, _ = run(engine, req)
+    assert first == second and first
+    assert first.isprintable()
+    assert fin.finish_reason == "length" and fin.completion_tokens == 24
+    assert fin.prompt_tokens > 5
+
+
+def test_seed_makes_sampling_repeatable(engine):
+    a, _ = run(engine, request("Hi", temperature=1.0, seed=42, max_tokens=16))
+    b, _ = run(engine, request("Hi", temperature=1.0, seed=42, max_tokens=16))
+    c, _ = run(engine, request("Hi", temperature=1.0, seed=43, max_tokens=16))
+    assert a == b and a != c
+
+
+def test_penalties_and_top_k_change_the_distribution(engine):
+    plain, _ = run(engine, request("Hi", temperature=0, max_tokens=40))
+    penalized, _ = run(engine, request("Hi", temperature=0, max_tokens=40,
+                                       repeat_penalty=1.8, frequency_penalty=1.5))
+    assert plain != penalized
+
+
+def test_stop_string_ends_generation_before_it(engine):
+    full, _ = run(engine, request("Count.", temperature=0, max_tokens=40))
+    stop = full[10:13]
+    cut, fin = run(engine, request("Count.", temperature=0, max_tokens=40, stop=[stop]))
+    assert fin.finish_reason == "stop"
+    assert cut == full[:full.index(stop)]
+
+
+def test_image_request_generates_and_reports_encode_time(engine):
+    req = request(("img", data_url(320, 240, "JPEG")), "Describe.", temperature=0, max_tokens=8)
+    text, fin = run(engine, req)
+    assert fin.completion_tokens == 8 and text
+    assert fin.timings["image_encode_ms"] > 0
+
+
+def test_different_images_give_different_answers(engine):
+    a, _ = run(engine, request(("img", data_url(color=(255, 0, 0))), "?", temperature=0, max_tokens=12))
+    b, _ = run(engine, request(("img", data_url(color=(0, 0, 255))), "?", temperature=0, max_tokens=12))
+    assert a != b
+
+
+def test_cancel_stops_within_a_token(engine):
+    text, fin = run(engine, request("Go on.", temperature=0, max_tokens=500), cancel_after=3)
+    assert fin.finish_reason == "cancelled" and fin.completion_tokens <= 4
+
+
+def test_prompt_longer_than_context_is_refused_with_numbers(engine):
+    with pytest.raises(ContextLengthError) as info:
+        engine.prepare(request("word " * N_CTX), [])
+    assert str(N_CTX) in info.value.message and info.value.status == 400
+
+
+def test_max_tokens_beyond_the_remaining_context_is_refused(engine):
+    with pytest.raises(ContextLengthError) as info:
+        engine.prepare(request("hello", max_tokens=N_CTX), [])
+    assert info.value.param == "max_tokens"
+
+
+def test_without_max_tokens_the_budget_is_the_rest_of_the_context(engine):
+    prompt = engine.prepare(request("hello"), [])
+    try:
+        assert prompt.max_new_tokens == N_CTX - prompt.n_tokens
+    finally:
+        prompt.close()
+
+
+def test_special_tokens_in_user_text_cannot_fake_an_image(engine):
+    # The media marker is random per process: a client typing a plausible marker gets text.
+    req = request("<__media__> <__image__>", temperature=0, max_tokens=2)
+    prompt = engine.prepare(req, [])
+    try:
+        assert prompt.image_tokens == 0
+    finally:
+        prompt.close()

@@ -1,0 +1,190 @@
+"""The real server process (gunicorn) on a real port, driven by the official openai client
+and raw HTTP: streaming, concurrency, the queue bound, disconnects, logs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+import pytest
+import requests
+
+from conftest import ROOT, data_url, user
+
+LONG = 3000  # tokens: far longer than any test waits for
+
+
+@pytest.fixture
+def oai(live_server):
+    return openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def wait_idle(server, timeout=5.0) -> float:
+    """Seconds until /health says the engine is idle with an empty queue."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        h = health(server)
+        if not h["busy"] and h["queue_depth"] == 0:
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError("engine still busy")
+
+
+def health(server) -> dict:
+    return requests.get(server.url + "/health", timeout=2).json()
+
+
+def wait_busy(server, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not health(server)["busy"]:
+        assert time.monotonic() < end, "engine never started"
+        time.sleep(0.02)
+
+
+def open_stream(server, max_tokens=LONG, text="go on"):
+    r = requests.post(server.url + "/v1/chat/completions", stream=True, timeout=30, json={
+        "messages": [user(text)], "max_tokens": max_tokens, "stream": True})
+    assert r.status_code == 200
+    return r
+
+
+def test_openai_client_streams_an_answer_about_an_image(oai):
+    stream = oai.chat.completions.create(
+        model="tiny", max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is in this photo?"},
+            {"type": "image_url", "image_url": {"url": data_url(320, 240, "JPEG")}}]}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text and finish == ["length"]
+    assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].usage.prompt_tokens > 20
+
+
+def test_openai_client_non_streaming_and_models(oai):
+    out = oai.chat.completions.create(
+        model="tiny", max_tokens=5, messages=[user(("img", data_url()), "hi")])
+    assert out.choices[0].message.content and out.usage.completion_tokens == 5
+    assert [m.id for m in oai.models.list().data] == ["tiny"]
+
+
+def test_openai_client_sees_bad_input_as_bad_request(oai):
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.chat.completions.create(model="tiny", messages=[user(("img", "https://x.org/a.png"), "?")])
+    assert "offline" in info.value.message
+
+
+def test_concurrent_requests_are_served_one_at_a_time_correctly(oai):
+    def ask(i):
+        return oai.chat.completions.create(
+            model="tiny", max_tokens=20, temperature=0,
+            messages=[user(f"question {i % 2}")]).choices[0].message.content
+
+    alone = [ask(0), ask(1)]
+    results = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, ask(i))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # each answer equals what the same request produced alone: no interleaving of KV state
+    assert results == [alone[0], alone[1], alone[0], alone[1]]
+
+
+def test_full_queue_answers_503_with_retry_after(live_server):
+    streams = [open_stream(live_server)]          # running
+    wait_busy(live_server)
+    streams += [open_stream(live_server) for _ in range(3)]  # --queue-size 3: waiting
+    try:
+        r = requests.post(live_server.url + "/v1/chat/completions", timeout=10,
+                          json={"messages": [user("one more")], "max_tokens": 2})
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
+        assert r.json()["error"]["code"] == "server_busy"
+    finally:
+        for s in streams:
+            s.close()
+    wait_idle(live_server)
+
+
+def test_disconnect_mid_stream_frees_the_engine(live_server):
+    wait_idle(live_server)
+    before = health(live_server)["served"]
+    r = open_stream(live_server)
+    lines = r.iter_lines()
+    got = 0
+    for line in lines:
+        if line.startswith(b"data: ") and b'"content"' in line:
+            got += 1
+            if got == 3:
+                break
+    r.close()   # the client goes away mid-answer
+    assert wait_idle(live_server) < 3.0
+    served = health(live_server)["served"]
+    assert served.get("cancelled", 0) == before.get("cancelled", 0) + 1
+    # it stopped within a few tokens of the disconnect, far short of the LONG it asked for
+    assert served["tokens_generated"] - before.get("tokens_generated", 0) < LONG / 3
+    after = requests.post(live_server.url + "/v1/chat/completions", timeout=30,
+                          json={"messages": [user("next")], "max_tokens": 3})
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 3
+
+
+def test_disconnect_while_queued_never_runs(live_server):
+    wait_idle(live_server)
+    before = health(live_server)["served"]
+    running = open_stream(live_server)
+    wait_busy(live_server)
+    queued = open_stream(live_server, text="I will leave")
+    queued.close()
+    time.sleep(2.5)   # a keepalive interval or two: the server notices the client left
+    running.close()
+    assert wait_idle(live_server) < 5.0
+    served = health(live_server)["served"]
+    # only the running one finished (as cancelled); the queued one never reached the engine
+    assert served.get("cancelled", 0) == before.get("cancelled", 0) + 1
+    time.sleep(0.2)
+    lines = [l for l in live_server.log().splitlines() if "chat/completions" in l]
+    assert any(" 499 " in l for l in lines)
+
+
+def test_logs_hold_counts_never_content(live_server):
+    secret = "PURPLE-ELEPHANT-4471"
+    url = data_url(64, 64)
+    requests.post(live_server.url + "/v1/chat/completions", timeout=30, json={
+        "messages": [user(("img", url), secret)], "max_tokens": 2})
+    time.sleep(0.3)
+    log = live_server.log()
+    assert secret not in log and url[30:90] not in log
+    line = [l for l in log.splitlines() if "chat/completions 200" in l][-1]
+    assert "prompt_tokens=" in line and "images=1" in line and "image_bytes=" in line
+
+
+def test_streaming_keeps_the_openai_wire_format(live_server):
+    r = open_stream(live_server, max_tokens=4)
+    raw = r.content.decode()
+    assert raw.endswith("data: [DONE]\n\n")
+    payloads = [json.loads(b[6:]) for b in raw.split("\n\n") if b.startswith("data: {")]
+    assert payloads[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_server_py_and_console_script_are_the_same_command():
+    a = run_cli(sys.executable, "server.py", "serve", "--help")
+    b = run_cli(str(ROOT / ".venv" / "bin" / "vlserve"), "serve", "--help") \
+        if (ROOT / ".venv" / "bin" / "vlserve").exists() else a
+    assert a.returncode == 0 and a.stdout == b.stdout
+    for flag in ("--model", "--mmproj", "--n-gpu-layers", "--ctx-size", "--no-repack",
+                 "--queue-size", "--timeout", "VLSERVE_PORT"):
+        assert flag in a.stdout
+
+
+def test_half_a_model_pair_is_a_usage_error():
+    r = run_cli(sys.executable, "server.py", "serve", "--model", "x.gguf")
+    assert r.returncode == 2 and "--mmproj" in r.stderr

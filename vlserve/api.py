@@ -1,0 +1,202 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/models, and /health."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Iterator
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from werkzeug.exceptions import BadRequest
+
+from .app import log_line
+from .engine import Delta, Finished
+from .errors import APIError, InvalidRequestError, NotFoundError
+from .images import decode_data_url
+from .protocol import (ChatRequest, chunk, completion, new_completion_id, parse_chat_request,
+                       usage_dict)
+from .worker import Job, Worker
+
+bp = Blueprint("api", __name__)
+
+KEEPALIVE_SECONDS = 1.0   # SSE comment cadence while queued or prefilling; also how fast a
+                          # vanished client is noticed before the first token
+
+
+def _state() -> dict:
+    return current_app.extensions["vlserve"]
+
+
+def _worker() -> Worker:
+    return _state()["worker"]
+
+
+def model_id() -> str:
+    return _state()["settings"].model_id
+
+
+# ---- /health and /v1/models ----------------------------------------------------------------
+
+@bp.get("/health")
+def health():
+    worker = _worker()
+    body = {"status": "ok" if worker.state == "ready" else worker.state,
+            "model": model_id(), "queue_depth": worker.depth, "busy": worker.busy,
+            "served": dict(worker.stats)}
+    if worker.state == "ready":
+        body.update(warmup_seconds=worker.warmup_seconds, **worker.engine.info)
+        return jsonify(body)
+    body["reason"] = worker.reason
+    response = jsonify(body)
+    response.status_code = 503
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def _model_card() -> dict:
+    worker = _worker()
+    card = {"id": model_id(), "object": "model", "created": _state()["settings"].model_created,
+            "owned_by": "vlserve", "capabilities": {"vision": True, "completion": True},
+            "status": worker.state}
+    if worker.state == "ready":
+        card["meta"] = worker.engine.info
+    return card
+
+
+@bp.get("/v1/models")
+def list_models():
+    return jsonify({"object": "list", "data": [_model_card()]})
+
+
+@bp.get("/v1/models/<path:name>")
+def get_model(name: str):
+    if name != model_id():
+        raise NotFoundError(f"model {name!r} is not served here", param="model",
+                            code="model_not_found")
+    return jsonify(_model_card())
+
+
+# ---- /v1/chat/completions ---------------------------------------------------------------------
+
+@bp.post("/v1/chat/completions")
+def chat_completions():
+    settings = _state()["settings"]
+    req = parse_chat_request(_json_body(), max_tokens_cap=settings.max_tokens_cap or 10**7)
+    engine = _worker().require_ready()
+    images = _decode_images(req, settings)
+    g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images))
+    prompt = engine.prepare(req, images)
+    g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
+    job = _worker().submit(prompt, req.params)
+    cid, name = new_completion_id(), model_id()
+    if req.stream:
+        g.stream_logs_itself = True
+        return Response(stream_with_context(_sse(job, req, cid, name)),
+                        mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _collect(job, cid, name)
+
+
+def _json_body():
+    try:
+        return request.get_json(force=True)
+    except BadRequest:
+        raise InvalidRequestError("the request body is not valid JSON") from None
+
+
+def _decode_images(req: ChatRequest, settings) -> list:
+    parts = req.image_parts
+    limits = settings.images
+    if len(parts) > limits.max_images:
+        raise InvalidRequestError(f"too many images: {len(parts)} sent, at most "
+                                  f"{limits.max_images} per request", param="messages")
+    return [decode_data_url(p.url, limits, param="messages") for p in parts]
+
+
+def _client_gone() -> bool:
+    """True when the peer closed its socket (checked while a non-streaming job waits)."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if sock is None:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def _events(job: Job) -> Iterator[Delta | Finished | APIError | None]:
+    """The job's events until its terminal one; None on each quiet keepalive interval."""
+    while True:
+        event = job.next_event(KEEPALIVE_SECONDS)
+        yield event
+        if isinstance(event, (Finished, APIError)):
+            return
+
+
+def _collect(job: Job, cid: str, name: str) -> Response:
+    text = []
+    try:
+        for event in _events(job):
+            if event is None and _client_gone():
+                job.cancel()
+                g.log.update(cancelled=1)
+            elif isinstance(event, Delta):
+                text.append(event.text)
+            elif isinstance(event, APIError):
+                raise event
+            elif isinstance(event, Finished):
+                _log_finish(event)
+                return jsonify(completion(cid, name, "".join(text), event.finish_reason,
+                                          usage_dict(event.prompt_tokens, event.completion_tokens),
+                                          {"timings": event.timings}))
+    finally:
+        job.cancel()
+    raise InvalidRequestError("unreachable")  # pragma: no cover
+
+
+def _log_finish(event: Finished) -> None:
+    g.log.update(completion_tokens=event.completion_tokens, finish=event.finish_reason)
+
+
+def _sse(job: Job, req: ChatRequest, cid: str, name: str) -> Iterator[str]:
+    created = int(time.time())
+    status, t0, ttft = 200, time.monotonic(), None
+    try:
+        yield _data(chunk(cid, name, created, {"role": "assistant", "content": ""}))
+        for event in _events(job):
+            if event is None:
+                if _client_gone():
+                    status = 499
+                    g.log.update(cancelled=1)
+                    return
+                yield ": keep-alive\n\n"   # holds proxies open during long prefills
+            elif isinstance(event, Delta):
+                ttft = ttft or time.monotonic() - t0
+                yield _data(chunk(cid, name, created, {"content": event.text}))
+            elif isinstance(event, APIError):
+                status = event.status
+                yield _data(event.to_dict())
+            else:
+                _log_finish(event)
+                timings = dict(event.timings, ttft_ms=round((ttft or 0) * 1000, 2))
+                final = chunk(cid, name, created, {}, event.finish_reason)
+                final["timings"] = timings
+                yield _data(final)
+                if req.include_usage:
+                    yield _data(chunk(cid, name, created, {}, choices=False, usage=usage_dict(
+                        event.prompt_tokens, event.completion_tokens)))
+        yield "data: [DONE]\n\n"
+    except GeneratorExit:
+        status = 499  # client closed the connection
+        g.log.update(cancelled=1)
+        raise
+    finally:
+        job.cancel()  # a no-op after the end; frees the engine if the client left
+        log_line(status)
+
+
+def _data(obj: dict) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"

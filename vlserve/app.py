@@ -1,0 +1,102 @@
+"""`create_app(settings, engine=None)`: the Flask application factory.
+
+Owns what is shared by every route: the worker, error mapping (by exception type, once),
+and the one-line-per-request log (sizes and counts only, never content).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .config import Settings
+from .errors import (APIError, InternalError, InvalidRequestError, MethodNotAllowedError,
+                     NotFoundError, PayloadTooLargeError)
+from .worker import Worker
+
+log = logging.getLogger("vlserve.access")
+
+HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLargeError}
+
+
+def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
+    """Build the app. With `engine` given (tests), it is served as is; otherwise the worker
+    loads the model from `settings` on its own thread so /health answers meanwhile."""
+    from . import api
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    if engine is None:
+        from .engine import LlamaEngine
+        load = lambda: LlamaEngine(settings)  # noqa: E731
+    else:
+        load = lambda: engine  # noqa: E731
+    worker = Worker(load, queue_size=settings.queue_size,
+                    request_timeout=settings.request_timeout, warmup=settings.warmup)
+    app.extensions["vlserve"] = {"settings": settings, "worker": worker}
+    app.register_blueprint(api.bp)
+    _register_errors(app)
+    _register_logging(app)
+    if start:
+        worker.start()
+    return app
+
+
+def error_response(exc: APIError) -> Response:
+    response = jsonify(exc.to_dict())
+    response.status_code = exc.status
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def on_api_error(exc: APIError):
+        g.error_code = exc.code
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def on_http_error(exc: HTTPException):
+        if exc.code == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            return on_api_error(PayloadTooLargeError(
+                f"the request body is larger than the {limit} byte limit"))
+        kind = HTTP_ERRORS.get(exc.code, InvalidRequestError)
+        err = kind(f"{exc.name}: {request.method} {request.path}" if exc.code in (404, 405)
+                   else f"{exc.name}: {exc.description}")
+        err.status = exc.code or 400
+        return on_api_error(err)
+
+    @app.errorhandler(Exception)
+    def on_unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return on_api_error(InternalError(f"internal error ({type(exc).__name__})"))
+
+
+def _register_logging(app: Flask) -> None:
+    @app.before_request
+    def start_timer():
+        g.t0 = time.monotonic()
+        g.log = {}
+
+    @app.after_request
+    def log_request(response: Response):
+        # Streams log themselves when they end: only then are the token counts known.
+        if not getattr(g, "stream_logs_itself", False):
+            log_line(response.status_code)
+        return response
+
+
+def log_line(status: int) -> None:
+    fields = " ".join(f"{k}={v}" for k, v in getattr(g, "log", {}).items())
+    ms = (time.monotonic() - getattr(g, "t0", time.monotonic())) * 1000
+    log.info("%s %s %s %.0fms %s", request.method, request.path, status, ms, fields)
+
+
+def static_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "webui"

@@ -1,0 +1,66 @@
+"""One frozen Settings object, built once by the CLI (flags / VLSERVE_* env) or by tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import ImageLimits
+
+
+def default_threads() -> int:
+    """Physical-ish core count: llama.cpp decode is memory bound and slows with SMT siblings."""
+    n = os.cpu_count() or 1
+    return max(1, n // 2) if n > 4 else n
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None          # path to the text GGUF
+    mmproj: str | None = None         # path to the vision projector GGUF
+    model_alias: str | None = None    # id shown in /v1/models (default: GGUF file stem)
+    demo: bool = False                # serving the generated random-weight model
+
+    # engine
+    n_ctx: int = 8192                 # 0 = the model's training context
+    n_gpu_layers: int | None = None   # None = all layers when the build has a GPU backend, else 0
+    threads: int = field(default_factory=default_threads)
+    threads_batch: int | None = None  # None = same as threads
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    flash_attn: str = "auto"          # auto | on | off
+    image_min_tokens: int = 0         # 0 = the projector's default
+    image_max_tokens: int = 0
+    repack: bool = True               # llama.cpp CPU weight repacking (use_extra_bufts)
+    warmup: bool = True
+    seed: int = -1                    # default sampling seed (-1 = random per request)
+
+    # serving
+    host: str = "127.0.0.1"
+    port: int = 7860
+    dev: bool = False                 # Flask's server instead of gunicorn
+    http_threads: int = 16
+    queue_size: int = 8               # requests waiting for the engine before 503
+    request_timeout: float = 600.0    # seconds from arrival to the last token
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_tokens_cap: int = 0           # 0 = the context size
+    images: ImageLimits = field(default_factory=ImageLimits)
+    log_level: str = "info"
+
+    @property
+    def model_id(self) -> str:
+        if self.model_alias:
+            return self.model_alias
+        return Path(self.model).stem if self.model else "none"
+
+    @property
+    def model_created(self) -> int:
+        try:
+            return int(Path(self.model).stat().st_mtime)
+        except (OSError, TypeError):
+            return 0
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)

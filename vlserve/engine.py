@@ -1,0 +1,366 @@
+"""The llama.cpp engine: one model, one context, one mtmd (vision) context, one KV state.
+
+Deliberately not built on llama-cpp-python's `Llama` / `MTMDChatHandler`: the handler
+clears the KV cache on every call, fetches any http URL it is handed and under-counts image
+tokens, and `Llama` hides model parameters we need (`use_extra_bufts`). We use the thin
+`_internals` wrappers for ownership and the C API for the rest, with llama-cpp-python
+pinned to one version in setup.cfg.
+
+Threading: `prepare()` (template + tokenize) is safe to call from HTTP threads, as
+llama.cpp's own server does; `generate()` must only run on the worker thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import llama_cpp
+from llama_cpp import _internals as internals
+from llama_cpp import mtmd_cpp
+
+from . import llamalog
+from .config import Settings
+from .errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
+from .images import PreparedImage
+from .protocol import ChatRequest, SamplingParams
+from .template import ChatTemplate
+from .textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+              "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+              "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+PENALTY_LAST_N = 64
+
+
+class EngineLoadError(RuntimeError):
+    """The model or projector could not be loaded; the message names the file."""
+
+
+# ---- events the engine yields to the worker ---------------------------------------------
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str          # stop | length | cancelled | timeout
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prompt:
+    """A tokenized request, ready for the worker. Owns native chunks until closed."""
+    chunks: object              # mtmd_input_chunks_p
+    n_tokens: int               # every token that occupies the context, image tokens included
+    n_images: int
+    image_tokens: int
+    max_new_tokens: int
+    _free: Callable[[object], None] | None = None
+
+    def close(self) -> None:
+        if self._free and self.chunks:
+            self._free(self.chunks)
+        self.chunks = None
+
+
+class Engine(Protocol):
+    """What the worker and the API need from an engine (a fake implements it in tests)."""
+    model_id: str
+    n_ctx: int
+    info: dict
+
+    def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt: ...
+    def generate(self, prompt: Prompt, params: SamplingParams,
+                 cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]: ...
+    def close(self) -> None: ...
+
+
+# ---- the llama.cpp engine ----------------------------------------------------------------
+
+def _model_params(s: Settings) -> llama_cpp.llama_model_params:
+    params = llama_cpp.llama_model_default_params()
+    gpu = llama_cpp.llama_supports_gpu_offload()
+    layers = s.n_gpu_layers if s.n_gpu_layers is not None else (-1 if gpu else 0)
+    params.n_gpu_layers = 0x7FFFFFFF if layers < 0 else layers
+    # Repacking speeds quantized matmuls on CPU but crashes on some virtual CPUs (AMX).
+    params.use_extra_bufts = s.repack
+    return params
+
+
+def _context_params(s: Settings, n_ctx_train: int) -> llama_cpp.llama_context_params:
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = s.n_ctx if s.n_ctx > 0 else n_ctx_train
+    params.n_batch = s.n_batch
+    params.n_ubatch = min(s.n_batch, s.n_ubatch)
+    params.n_seq_max = 1
+    params.n_threads = s.threads
+    params.n_threads_batch = s.threads_batch or s.threads
+    params.flash_attn_type = FLASH_ATTN[s.flash_attn]
+    params.no_perf = True
+    return params
+
+
+class LlamaEngine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        for label, path in (("model", settings.model), ("mmproj", settings.mmproj)):
+            if not path or not Path(path).is_file():
+                raise EngineLoadError(f"{label} file not found: {path}")
+        t0 = time.monotonic()
+        llamalog.install()
+        llama_cpp.llama_backend_init()
+        self._model = self._load(lambda: internals.LlamaModel(
+            path_model=settings.model, params=_model_params(settings), verbose=False),
+            settings.model)
+        self._ctx = self._load(lambda: internals.LlamaContext(
+            model=self._model,
+            params=_context_params(settings, self._model.n_ctx_train()), verbose=False),
+            settings.model)
+        self.n_ctx = self._ctx.n_ctx()
+        self._vocab = self._model.vocab
+        self._batch = internals.LlamaBatch(n_tokens=settings.n_batch, embd=0, n_seq_max=1,
+                                           verbose=False)
+        # A random marker: a client's text can never smuggle in an image placeholder.
+        self._marker = f"<__media_{secrets.token_hex(8)}__>"
+        self._mtmd = self._init_mtmd(settings)
+        meta = self._model.metadata()
+        self._template = ChatTemplate(
+            meta.get("tokenizer.chat_template"),
+            bos_token=self._piece(self._model.token_bos(), special=True).decode(errors="ignore"),
+            eos_token=self._piece(self._model.token_eos(), special=True).decode(errors="ignore"))
+        self.model_id = settings.model_id
+        self.load_seconds = time.monotonic() - t0
+        self.info = {
+            "architecture": meta.get("general.architecture"),
+            "n_ctx": self.n_ctx, "n_ctx_train": self._model.n_ctx_train(),
+            "n_params": self._model.n_params(), "size_bytes": self._model.size(),
+            "gpu_offload": llama_cpp.llama_supports_gpu_offload(),
+            "vision": True, "load_seconds": round(self.load_seconds, 3),
+        }
+        log.info("loaded %s (%s, n_ctx=%d) in %.2fs", self.model_id,
+                 self.info["architecture"], self.n_ctx, self.load_seconds)
+
+    @staticmethod
+    def _load(factory, path):
+        try:
+            return factory()
+        except (ValueError, RuntimeError) as exc:
+            raise EngineLoadError(f"llama.cpp could not load {path}: {exc}") from exc
+
+    def _init_mtmd(self, s: Settings):
+        params = mtmd_cpp.mtmd_context_params_default()
+        params.use_gpu = _model_params(s).n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+        params.n_threads = s.threads
+        params.print_timings = False
+        params.media_marker = self._marker.encode()
+        params.flash_attn_type = FLASH_ATTN[s.flash_attn]
+        if s.image_min_tokens > 0:
+            params.image_min_tokens = s.image_min_tokens
+        if s.image_max_tokens > 0:
+            params.image_max_tokens = s.image_max_tokens
+        ctx = mtmd_cpp.mtmd_init_from_file(s.mmproj.encode(), self._model.model, params)
+        if not ctx:
+            raise EngineLoadError(
+                f"llama.cpp could not load the projector {s.mmproj} for {s.model}: "
+                "is it the mmproj that belongs to this model?")
+        if not mtmd_cpp.mtmd_support_vision(ctx):
+            mtmd_cpp.mtmd_free(ctx)
+            raise EngineLoadError(f"{s.mmproj} is not a vision projector")
+        return ctx
+
+    def close(self) -> None:
+        if self._mtmd:
+            mtmd_cpp.mtmd_free(self._mtmd)
+            self._mtmd = None
+        for owner in (self._batch, self._ctx, self._model):
+            owner.close()
+
+    # -- tokenization (any thread) --
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt:
+        text = self._template.render(request.messages, self._marker)
+        chunks = self._tokenize(text, images)
+        prompt = Prompt(chunks=chunks, n_tokens=mtmd_cpp.mtmd_helper_get_n_tokens(chunks),
+                        n_images=len(images), image_tokens=self._image_tokens(chunks),
+                        max_new_tokens=0, _free=mtmd_cpp.mtmd_input_chunks_free)
+        try:
+            prompt.max_new_tokens = self._budget(prompt.n_tokens, request.params.max_tokens)
+        except ContextLengthError:
+            prompt.close()
+            raise
+        return prompt
+
+    def _tokenize(self, text: str, images: list[PreparedImage]):
+        bitmaps = [mtmd_cpp.mtmd_bitmap_init(im.width, im.height,
+                                             (ctypes.c_uint8 * len(im.rgb)).from_buffer_copy(im.rgb))
+                   for im in images]
+        chunks = mtmd_cpp.mtmd_input_chunks_init()
+        try:
+            data = text.encode()
+            inp = mtmd_cpp.mtmd_input_text(text=data, text_len=len(data), add_special=True,
+                                           parse_special=True)
+            array = (mtmd_cpp.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+            rc = mtmd_cpp.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(inp), array, len(bitmaps))
+        finally:
+            for bm in bitmaps:
+                mtmd_cpp.mtmd_bitmap_free(bm)
+        if rc != 0:
+            mtmd_cpp.mtmd_input_chunks_free(chunks)
+            if rc == 1:
+                raise InvalidRequestError("the number of images does not match the prompt")
+            raise ImageError(f"the vision encoder could not preprocess an image (code {rc})")
+        return chunks
+
+    def _image_tokens(self, chunks) -> int:
+        total = 0
+        for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
+            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) != mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                total += mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
+        return total
+
+    def _budget(self, n_prompt: int, max_tokens: int | None) -> int:
+        """How many tokens may be generated; refuse prompts that cannot fit, with numbers."""
+        room = self.n_ctx - n_prompt
+        if room < 1:
+            raise ContextLengthError(
+                f"this model's context is {self.n_ctx} tokens, but the prompt has {n_prompt} "
+                "tokens (images included); shorten the conversation or send fewer images",
+                param="messages")
+        if max_tokens is not None and max_tokens > room:
+            raise ContextLengthError(
+                f"this model's context is {self.n_ctx} tokens; the prompt has {n_prompt} and "
+                f"max_tokens asks for {max_tokens} more (at most {room} fit)", param="max_tokens")
+        return max_tokens if max_tokens is not None else room
+
+    # -- evaluation and sampling (worker thread only) --
+
+    def generate(self, prompt: Prompt, params: SamplingParams,
+                 cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
+        t0 = time.monotonic()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx.ctx), True)
+        n_past, image_ms = self._evaluate(prompt, cancelled)
+        if n_past is None:
+            yield Finished("cancelled", prompt.n_tokens, 0)
+            return
+        t1 = time.monotonic()
+        sampler = self._sampler(params)
+        stream = TextStream(params.stop)
+        n_out, reason = 0, "length"
+        try:
+            while n_out < prompt.max_new_tokens:
+                if cancelled():
+                    reason = "cancelled"
+                    break
+                token = sampler.sample(self._ctx, -1)
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    reason = "stop"
+                    break
+                n_out += 1
+                text, hit = stream.feed(self._piece(token))
+                if text:
+                    yield Delta(text)
+                if hit:
+                    reason = "stop"
+                    break
+                if n_out < prompt.max_new_tokens:
+                    self._decode([token], n_past)
+                    n_past += 1
+        finally:
+            sampler.close()
+        if reason != "stop" and (tail := stream.flush()):
+            yield Delta(tail)
+        t2 = time.monotonic()
+        yield Finished(reason, prompt.n_tokens, n_out, {
+            "prompt_ms": round((t1 - t0) * 1000, 2),
+            "image_encode_ms": round(image_ms, 2),
+            "predicted_ms": round((t2 - t1) * 1000, 2),
+            "predicted_per_second": round(n_out / (t2 - t1), 2) if t2 > t1 and n_out else 0.0,
+        })
+
+    def _evaluate(self, prompt: Prompt, cancelled) -> tuple[int | None, float]:
+        """Prefill every chunk; returns (next position, ms spent on images) or None if cancelled."""
+        n_past, image_ms = 0, 0.0
+        n_chunks = mtmd_cpp.mtmd_input_chunks_size(prompt.chunks)
+        for i in range(n_chunks):
+            if cancelled():
+                return None, image_ms
+            chunk = mtmd_cpp.mtmd_input_chunks_get(prompt.chunks, i)
+            last = i == n_chunks - 1
+            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n_past = self._eval_text(chunk, n_past, last, cancelled)
+                if n_past is None:
+                    return None, image_ms
+            else:
+                t = time.monotonic()
+                n_past = self._eval_image(chunk, n_past, last)
+                image_ms += (time.monotonic() - t) * 1000
+        return n_past, image_ms
+
+    def _eval_text(self, chunk, n_past: int, last: bool, cancelled) -> int | None:
+        n = ctypes.c_size_t(0)
+        ptr = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+        tokens = ptr[:n.value]
+        step = self.settings.n_batch
+        for start in range(0, len(tokens), step):
+            if start and cancelled():
+                return None
+            part = tokens[start:start + step]
+            self._decode(part, n_past, logits=last and start + step >= len(tokens))
+            n_past += len(part)
+        return n_past
+
+    def _eval_image(self, chunk, n_past: int, last: bool) -> int:
+        new_n_past = llama_cpp.llama_pos(0)
+        rc = mtmd_cpp.mtmd_helper_eval_chunk_single(
+            self._mtmd, self._ctx.ctx, chunk, n_past, 0, self.settings.n_batch, last,
+            ctypes.byref(new_n_past))
+        if rc != 0:
+            raise InternalError(f"image evaluation failed (code {rc})")
+        return new_n_past.value
+
+    def _decode(self, tokens: list[int], n_past: int, logits: bool = True) -> None:
+        self._batch.set_batch(tokens, n_past, logits_all=False)
+        self._batch.batch.logits[len(tokens) - 1] = logits
+        try:
+            self._ctx.decode(self._batch)
+        except RuntimeError as exc:
+            raise InternalError(f"llama.cpp decode failed: {exc}") from exc
+
+    def _sampler(self, p: SamplingParams) -> internals.LlamaSampler:
+        s = internals.LlamaSampler()
+        chain = s.sampler
+        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_penalties(
+                self._model.n_vocab(), PENALTY_LAST_N, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+        if p.temperature <= 0:
+            s.add_greedy()
+            return s
+        if p.top_k > 0:
+            s.add_top_k(p.top_k)
+        s.add_top_p(p.top_p, 1)
+        s.add_min_p(p.min_p, 1)
+        s.add_temp(p.temperature)
+        seed = p.seed if p.seed is not None else self.settings.seed
+        s.add_dist(llama_cpp.LLAMA_DEFAULT_SEED if seed is None or seed < 0 else seed & 0xFFFFFFFF)
+        return s

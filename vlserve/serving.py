@@ -1,0 +1,60 @@
+"""Runs the app: gunicorn (one worker process, threads) by default, Flask's server with --dev.
+
+One process because the model lives in it; threads so streams do not block each other.
+The app (and so the model) is created inside the worker after the fork: llama.cpp's
+threads and GPU handles do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+log = logging.getLogger("vlserve")
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self):
+        s = self.settings
+        for key, value in {
+            "bind": [bind_address(s.host, s.port)],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.http_threads,
+            # Heartbeat timeout of the worker process; requests have their own timeout.
+            "timeout": 120,
+            "graceful_timeout": 10,
+            "keepalive": 5,
+            "loglevel": s.log_level,
+            "accesslog": None,          # vlserve logs one line per request itself
+            "proc_name": "vlserve",
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+        return create_app(self.settings)
+
+
+def run(settings: Settings) -> None:
+    url = f"http://{bind_address(settings.host, settings.port)}/"
+    log.info("vlserve on %s  (API: %sv1/chat/completions)", url, url)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this address can use the model",
+                    settings.host)
+    if settings.dev:
+        from .app import create_app
+        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+    else:
+        _Gunicorn(settings).run()
