@@ -4,7 +4,11 @@
 
 vlserve_backend() {
     if [ -n "${VLSERVE_BACKEND:-}" ]; then echo "$VLSERVE_BACKEND"
-    elif command -v nvcc >/dev/null 2>&1 || command -v nvidia-smi >/dev/null 2>&1; then echo cuda
+    elif nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+        # A CUDA build needs the toolkit; a toolkit without a GPU (CI boxes) is not enough.
+        if command -v nvcc >/dev/null 2>&1; then echo cuda
+        else echo "vlserve: NVIDIA GPU found but no nvcc (CUDA toolkit): building for CPU" >&2; echo cpu
+        fi
     elif [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = arm64 ]; then echo metal
     else echo cpu
     fi

@@ -24,6 +24,7 @@ from vlserve.app import create_app  # noqa: E402
 from vlserve.config import Settings  # noqa: E402
 
 N_CTX = 4096
+LIVE_CTX = 16384  # the live server's context: room for generations that outlast a test's waits
 
 
 def data_url(width: int = 96, height: int = 64, fmt: str = "PNG", color=(200, 40, 90)) -> str:
@@ -100,7 +101,7 @@ class LiveServer:
         model, mmproj = tiny_model
         cmd = [sys.executable, str(ROOT / "server.py"), "serve", "--model", model,
                "--mmproj", mmproj, "--port", str(self.port), "--threads", "2",
-               "--ctx-size", str(N_CTX), "--alias", "tiny", *extra]
+               "--ctx-size", str(LIVE_CTX), "--alias", "tiny", *extra]
         self.log_path = log_path
         self._log = open(log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

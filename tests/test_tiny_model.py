@@ -1,0 +1,92 @@
+"""The random-weight test model: reproducible, and shaped the way llama.cpp expects Qwen3-VL.
+
+Loading and running it in llama.cpp is covered by the engine tests; these only read the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import gguf
+import numpy as np
+import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from make_tiny_model import make_model  # conftest puts scripts/ on sys.path
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def field(reader: gguf.GGUFReader, key: str):
+    return reader.fields[key].contents()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model, mmproj = make_model(tmp_path_factory.mktemp("tiny"), seed=7)
+    return gguf.GGUFReader(model), gguf.GGUFReader(mmproj)
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    first = make_model(tmp_path / "a", seed=3)
+    second = make_model(tmp_path / "b", seed=3)
+    other = make_model(tmp_path / "c", seed=4)
+    assert [sha256(p) for p in first] == [sha256(p) for p in second]
+    assert sha256(first[0]) != sha256(other[0])
+
+
+def test_metadata_matches_between_model_and_mmproj(tiny):
+    text, vision = tiny
+    assert field(text, "general.architecture") == "qwen3vl"
+    assert field(vision, "general.architecture") == "clip"
+    assert field(vision, "clip.projector_type") == "qwen3vl_merger"
+
+    n_deepstack = sum(field(vision, "clip.vision.is_deepstack_layers"))
+    assert n_deepstack >= 1
+    assert field(text, "qwen3vl.n_deepstack_layers") == n_deepstack
+    assert n_deepstack < field(text, "qwen3vl.block_count")
+
+    head_dim = field(text, "qwen3vl.attention.key_length")
+    assert sum(field(text, "qwen3vl.rope.dimension_sections")) == head_dim // 2
+    assert field(vision, "clip.vision.projection_dim") == field(text, "qwen3vl.embedding_length")
+
+
+def test_special_tokens(tiny):
+    text, _ = tiny
+    tokens = field(text, "tokenizer.ggml.tokens")
+    types = field(text, "tokenizer.ggml.token_type")
+    assert field(text, "tokenizer.ggml.model") == "gpt2"
+    assert tokens[field(text, "tokenizer.ggml.eos_token_id")] == "<|im_end|>"
+    for special in ("<|im_start|>", "<|image_pad|>", "<|vision_start|>", "<|endoftext|>"):
+        assert types[tokens.index(special)] == gguf.TokenType.CONTROL
+
+
+def test_output_head_bans_non_printable_tokens(tiny):
+    text, _ = tiny
+    tensors = {t.name: t.data for t in text.tensors}
+    embd, out = tensors["token_embd.weight"], tensors["output.weight"]
+    tokens = field(text, "tokenizer.ggml.tokens")
+
+    assert np.all(embd[:, 0] == embd[0, 0]) and embd[0, 0] > 0  # the constant bias channel
+    banned = out[:, 0] < 0
+    assert banned[tokens.index("<|im_end|>")] and banned[tokens.index("Ċ")]  # special, "\n"
+    assert not banned[tokens.index("a")] and not banned[tokens.index("Ġthe")]
+
+
+def test_chat_template_renders_images_and_text(tiny):
+    text, _ = tiny
+    template = ImmutableSandboxedEnvironment().from_string(field(text, "tokenizer.chat_template"))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is "},
+                                     {"type": "image_url", "image_url": {"url": "x"}},
+                                     {"type": "image"}]},
+    ]
+    assert template.render(messages=messages, add_generation_prompt=True) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nWhat is <|vision_start|><|image_pad|><|vision_end|>"
+        "<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
