@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -152,8 +153,8 @@ def test_disconnect_while_queued_never_runs(live_server):
     assert served.get("cancelled", 0) == before.get("cancelled", 0) + 1
     assert finishes(served) == finishes(before) + 1
     time.sleep(0.2)
-    lines = [l for l in live_server.log().splitlines() if "chat/completions" in l]
-    assert any(" 499 " in l for l in lines)
+    lines = [line for line in live_server.log().splitlines() if "chat/completions" in line]
+    assert any(" 499 " in line for line in lines)
 
 
 def test_logs_hold_counts_never_content(live_server):
@@ -164,7 +165,7 @@ def test_logs_hold_counts_never_content(live_server):
     time.sleep(0.3)
     log = live_server.log()
     assert secret not in log and url[30:90] not in log
-    line = [l for l in log.splitlines() if "chat/completions 200" in l][-1]
+    line = [ln for ln in log.splitlines() if "chat/completions 200" in ln][-1]
     assert "prompt_tokens=" in line and "images=1" in line and "image_bytes=" in line
 
 
@@ -195,3 +196,20 @@ def test_server_py_and_console_script_are_the_same_command():
 def test_half_a_model_pair_is_a_usage_error():
     r = run_cli(sys.executable, "server.py", "serve", "--model", "x.gguf")
     assert r.returncode == 2 and "--mmproj" in r.stderr
+
+
+def test_every_option_reads_its_vlserve_environment_variable(monkeypatch, tiny_model):
+    from vlserve.cli import serve, settings_from_options
+    monkeypatch.setenv("VLSERVE_PORT", "9123")
+    monkeypatch.setenv("VLSERVE_NO_REPACK", "1")
+    monkeypatch.setenv("VLSERVE_MAX_IMAGES", "3")
+    ctx = serve.make_context("serve", ["--model", tiny_model[0], "--mmproj", tiny_model[1]])
+    s = settings_from_options(dict(ctx.params))
+    assert (s.port, s.repack, s.images.max_images, s.host) == (9123, False, 3, "127.0.0.1")
+
+
+def test_no_model_serves_the_generated_demo_model():
+    from vlserve.cli import DEMO_DIR, serve, settings_from_options
+    s = settings_from_options(dict(serve.make_context("serve", []).params))
+    assert s.demo and s.model_id == "vlserve-demo-tiny"
+    assert Path(s.model).parent == DEMO_DIR and Path(s.mmproj).is_file()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -96,7 +95,3 @@ def log_line(status: int) -> None:
     fields = " ".join(f"{k}={v}" for k, v in getattr(g, "log", {}).items())
     ms = (time.monotonic() - getattr(g, "t0", time.monotonic())) * 1000
     log.info("%s %s %s %.0fms %s", request.method, request.path, status, ms, fields)
-
-
-def static_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "webui"

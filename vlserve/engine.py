@@ -121,6 +121,25 @@ class LlamaEngine:
         t0 = time.monotonic()
         llamalog.install()
         llama_cpp.llama_backend_init()
+        self._mtmd = self._batch = self._ctx = self._model = None
+        try:
+            self._open(settings)
+        except BaseException:
+            self.close()  # free what was loaded before the failure
+            raise
+        self.model_id = settings.model_id
+        self.load_seconds = time.monotonic() - t0
+        self.info = {
+            "architecture": self._meta.get("general.architecture"),
+            "n_ctx": self.n_ctx, "n_ctx_train": self._model.n_ctx_train(),
+            "n_params": self._model.n_params(), "size_bytes": self._model.size(),
+            "gpu_offload": llama_cpp.llama_supports_gpu_offload(),
+            "vision": True, "load_seconds": round(self.load_seconds, 3),
+        }
+        log.info("loaded %s (%s, n_ctx=%d) in %.2fs", self.model_id,
+                 self.info["architecture"], self.n_ctx, self.load_seconds)
+
+    def _open(self, settings: Settings) -> None:
         self._model = self._load(lambda: internals.LlamaModel(
             path_model=settings.model, params=_model_params(settings), verbose=False),
             settings.model)
@@ -135,22 +154,10 @@ class LlamaEngine:
         # A random marker: a client's text can never smuggle in an image placeholder.
         self._marker = f"<__media_{secrets.token_hex(8)}__>"
         self._mtmd = self._init_mtmd(settings)
-        meta = self._model.metadata()
-        self._template = ChatTemplate(
-            meta.get("tokenizer.chat_template"),
-            bos_token=self._piece(self._model.token_bos(), special=True).decode(errors="ignore"),
-            eos_token=self._piece(self._model.token_eos(), special=True).decode(errors="ignore"))
-        self.model_id = settings.model_id
-        self.load_seconds = time.monotonic() - t0
-        self.info = {
-            "architecture": meta.get("general.architecture"),
-            "n_ctx": self.n_ctx, "n_ctx_train": self._model.n_ctx_train(),
-            "n_params": self._model.n_params(), "size_bytes": self._model.size(),
-            "gpu_offload": llama_cpp.llama_supports_gpu_offload(),
-            "vision": True, "load_seconds": round(self.load_seconds, 3),
-        }
-        log.info("loaded %s (%s, n_ctx=%d) in %.2fs", self.model_id,
-                 self.info["architecture"], self.n_ctx, self.load_seconds)
+        self._meta = self._model.metadata()
+        self._template = ChatTemplate(self._meta.get("tokenizer.chat_template"),
+                                      bos_token=self._special_text(self._model.token_bos()),
+                                      eos_token=self._special_text(self._model.token_eos()))
 
     @staticmethod
     def _load(factory, path):
@@ -185,7 +192,11 @@ class LlamaEngine:
             mtmd_cpp.mtmd_free(self._mtmd)
             self._mtmd = None
         for owner in (self._batch, self._ctx, self._model):
-            owner.close()
+            if owner is not None:
+                owner.close()
+
+    def _special_text(self, token: int) -> str:
+        return self._piece(token, special=True).decode(errors="ignore") if token >= 0 else ""
 
     # -- tokenization (any thread) --
 
@@ -259,7 +270,7 @@ class LlamaEngine:
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
         t0 = time.monotonic()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx.ctx), True)
-        n_past, image_ms = self._evaluate(prompt, cancelled)
+        n_past, encode_ms = self._evaluate(prompt, cancelled)
         if n_past is None:
             yield Finished("cancelled", prompt.n_tokens, 0)
             return
@@ -293,29 +304,31 @@ class LlamaEngine:
         t2 = time.monotonic()
         yield Finished(reason, prompt.n_tokens, n_out, {
             "prompt_ms": round((t1 - t0) * 1000, 2),
-            "image_encode_ms": round(image_ms, 2),
+            "image_encode_ms": round(encode_ms, 2),
             "predicted_ms": round((t2 - t1) * 1000, 2),
             "predicted_per_second": round(n_out / (t2 - t1), 2) if t2 > t1 and n_out else 0.0,
         })
 
     def _evaluate(self, prompt: Prompt, cancelled) -> tuple[int | None, float]:
-        """Prefill every chunk; returns (next position, ms spent on images) or None if cancelled."""
-        n_past, image_ms = 0, 0.0
+        """Prefill every chunk; returns (next position, ms in the vision encoder), or
+        (None, ms) if cancelled on the way."""
+        n_past, encode_ms = 0, 0.0
         n_chunks = mtmd_cpp.mtmd_input_chunks_size(prompt.chunks)
         for i in range(n_chunks):
             if cancelled():
-                return None, image_ms
+                return None, encode_ms
             chunk = mtmd_cpp.mtmd_input_chunks_get(prompt.chunks, i)
             last = i == n_chunks - 1
             if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n_past = self._eval_text(chunk, n_past, last, cancelled)
                 if n_past is None:
-                    return None, image_ms
+                    return None, encode_ms
             else:
                 t = time.monotonic()
-                n_past = self._eval_image(chunk, n_past, last)
-                image_ms += (time.monotonic() - t) * 1000
-        return n_past, image_ms
+                embd = self._encode_image(chunk)
+                encode_ms += (time.monotonic() - t) * 1000
+                n_past = self._decode_image(chunk, embd, n_past)
+        return n_past, encode_ms
 
     def _eval_text(self, chunk, n_past: int, last: bool, cancelled) -> int | None:
         n = ctypes.c_size_t(0)
@@ -330,11 +343,19 @@ class LlamaEngine:
             n_past += len(part)
         return n_past
 
-    def _eval_image(self, chunk, n_past: int, last: bool) -> int:
+    def _encode_image(self, chunk):
+        """Run the vision tower; the embeddings stay in mtmd's buffer until the next encode."""
+        rc = mtmd_cpp.mtmd_encode_chunk(self._mtmd, chunk)
+        if rc != 0:
+            raise InternalError(f"the vision encoder failed (code {rc})")
+        return mtmd_cpp.mtmd_get_output_embd(self._mtmd)
+
+    def _decode_image(self, chunk, embd, n_past: int) -> int:
+        """Feed image embeddings to the LLM (M-RoPE positions are set by mtmd's helper)."""
         new_n_past = llama_cpp.llama_pos(0)
-        rc = mtmd_cpp.mtmd_helper_eval_chunk_single(
-            self._mtmd, self._ctx.ctx, chunk, n_past, 0, self.settings.n_batch, last,
-            ctypes.byref(new_n_past))
+        rc = mtmd_cpp.mtmd_helper_decode_image_chunk(
+            self._mtmd, self._ctx.ctx, chunk, embd, n_past, 0, self.settings.n_batch,
+            ctypes.byref(new_n_past), mtmd_cpp.mtmd_helper_post_decode_callback(), None)
         if rc != 0:
             raise InternalError(f"image evaluation failed (code {rc})")
         return new_n_past.value
@@ -352,7 +373,8 @@ class LlamaEngine:
         chain = s.sampler
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_penalties(
-                self._model.n_vocab(), PENALTY_LAST_N, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+                self._model.n_vocab(), PENALTY_LAST_N, p.repeat_penalty,
+                p.frequency_penalty, p.presence_penalty))
         if p.temperature <= 0:
             s.add_greedy()
             return s

@@ -8,7 +8,6 @@ Exceptions travel back through the job's queue, so the HTTP thread decides the s
 
 from __future__ import annotations
 
-import collections
 import io
 import logging
 import queue
@@ -73,7 +72,8 @@ class Worker:
         self.warmup_seconds: float | None = None
         self.busy = False
         # Served-request counters for /health: finish reasons and tokens generated.
-        self.stats: collections.Counter[str] = collections.Counter()
+        # Keys fixed up front so /health can copy the dict while this thread updates it.
+        self.stats = dict.fromkeys(("stop", "length", "cancelled", "tokens_generated"), 0)
         self._thread = threading.Thread(target=self._run, name="vlserve-engine", daemon=True)
 
     def start(self) -> "Worker":
