@@ -197,3 +197,20 @@ def test_decoded_image_over_its_cap_is_413(make_app, settings):
     from vlserve.images import ImageLimits
     c = make_app(images=ImageLimits(max_bytes=1000)).test_client()
     assert_error(c.post(CHAT, json=img_msg(b64url(png_bytes(200, 200) + b"\x00" * 5000))), 413)
+
+
+def test_error_after_the_stream_started_arrives_inside_it_then_done(make_app):
+    c = make_app(request_timeout=0.3).test_client()
+    r = c.post(CHAT, json={"messages": [user("talk")], "max_tokens": 4000, "stream": True})
+    assert r.status_code == 200
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    error = events[-2]["error"]
+    assert error["code"] == "request_timeout" and "timeout" in error["message"]
+    assert any(e.get("choices") and e["choices"][0]["delta"].get("content") for e in events[:-2])
+
+
+def test_timeout_without_streaming_is_504(make_app):
+    c = make_app(request_timeout=0.3).test_client()
+    assert_error(c.post(CHAT, json={"messages": [user("talk")], "max_tokens": 4000}), 504,
+                 "request_timeout")

@@ -213,3 +213,13 @@ def test_no_model_serves_the_generated_demo_model():
     s = settings_from_options(dict(serve.make_context("serve", []).params))
     assert s.demo and s.model_id == "vlserve-demo-tiny"
     assert Path(s.model).parent == DEMO_DIR and Path(s.mmproj).is_file()
+
+
+def test_dev_server_streams_too(tiny_model, tmp_path):
+    from conftest import LiveServer
+    server = LiveServer(tiny_model, "--dev", "--no-warmup", log_path=tmp_path / "dev.log")
+    try:
+        raw = open_stream(server, max_tokens=3).content.decode()
+        assert raw.endswith("data: [DONE]\n\n") and raw.count('"content"') >= 3
+    finally:
+        server.stop()

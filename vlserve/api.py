@@ -84,6 +84,7 @@ def chat_completions():
     settings = _state()["settings"]
     req = parse_chat_request(_json_body(), max_tokens_cap=settings.max_tokens_cap or 10**7)
     engine = _worker().require_ready()
+    _worker().check_room()
     images = _decode_images(req, settings)
     g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images))
     prompt = engine.prepare(req, images)

@@ -62,7 +62,7 @@ def main():
         help="Disable CPU weight repacking (needed for quantized models on some virtual CPUs).")
 @option("--no-warmup", is_flag=True, help="Skip the warm-up requests at start.")
 @option("--seed", type=int, default=-1, help="Default sampling seed (-1 = random).")
-@option("--queue-size", type=click.IntRange(0), default=8,
+@option("--queue-size", type=click.IntRange(1), default=8,
         help="Requests allowed to wait for the engine before answering 503.")
 @option("--timeout", "request_timeout", type=click.FloatRange(1), default=600.0,
         help="Seconds a request may take from arrival to its last token.")

@@ -101,16 +101,24 @@ class Worker:
                                           code="model_not_ready", retry_after=5)
         return self.engine  # type: ignore[return-value]
 
+    def check_room(self) -> None:
+        """Refuse early, before a request spends time decoding images, if it cannot queue."""
+        if self._queue.full():
+            raise self._busy()
+
     def submit(self, prompt: Prompt, params: SamplingParams) -> Job:
         job = Job(prompt, params, time.monotonic() + self.request_timeout)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             prompt.close()
-            raise ServiceUnavailableError(
-                f"the server is busy: {self._queue.maxsize} requests are already waiting; "
-                "retry shortly", retry_after=2) from None
+            raise self._busy() from None
         return job
+
+    def _busy(self) -> ServiceUnavailableError:
+        return ServiceUnavailableError(
+            f"the server is busy: {self._queue.maxsize} requests are already waiting; "
+            "retry shortly", retry_after=2)
 
     # -- the engine thread --
 
