@@ -3,17 +3,27 @@
 
     .venv/bin/python scripts/bench.py                       # generates the bench preset (Q4_0)
     .venv/bin/python scripts/bench.py --model M.gguf --mmproj P.gguf --threads 8
+    .venv/bin/python scripts/bench.py --scenario turns --llama-server /path/to/llama-server
 
-It starts the real server (gunicorn) on a free loopback port, streams requests through
-`/v1/chat/completions` and records time to first token and decode tokens/s; then, with
-the server stopped so both get the same cores, it decodes the same prompt with the raw
-llama-cpp-python bindings in-process. Results print as a Markdown table and JSON.
+Two scenarios (`--scenario decode|turns|all`, default all):
+
+decode  starts the real server (gunicorn) on a free loopback port, streams requests through
+        `/v1/chat/completions` and records time to first token and decode tokens/s; then,
+        with the server stopped so both get the same cores, it decodes the same prompt with
+        the raw llama-cpp-python bindings in-process.
+turns   a 4-turn conversation about one photo (turn 1: image + question; turns 2-4: a new
+        question each, the earlier turns and the answers as streamed carried along), run
+        against vlserve and, one after the other, against llama.cpp's `llama-server` and
+        llama-cpp-python's server (`--peers`). Only one server runs at a time.
+
+Results print as Markdown tables and JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import io
 import json
 import os
@@ -54,25 +64,46 @@ def photo_url(width=1024, height=768) -> str:
 
 # ---- through the API --------------------------------------------------------------------
 
+LOG_DIR = Path(tempfile.gettempdir()) / "vlserve-bench-logs"
+
+
+def launch(name: str, cmd: list[str], ready_url: str) -> subprocess.Popen:
+    """Start a server with its output in LOG_DIR/<name>.log; return once ready_url answers 200."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{name}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    end = time.monotonic() + 900
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-4000:]
+            raise SystemExit(f"{name} exited ({' '.join(cmd)}):\n{tail}")
+        try:
+            if requests.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop(proc)
+    raise SystemExit(f"{name} did not become ready; log: {log_path}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "server.py"), "serve", "--model", args.model,
            "--mmproj", args.mmproj, "--port", str(port), "--threads", str(args.threads),
            "--ctx-size", str(args.ctx), "--log-level", "warning"]
     if not args.repack:
         cmd.append("--no-repack")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 900
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit("server exited:\n" + proc.stderr.read())
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server did not become ready")
+    return launch("vlserve", cmd, f"http://127.0.0.1:{port}/health")
 
 
 def stream_once(port: int, content, max_tokens: int) -> dict:
@@ -107,8 +138,7 @@ def bench_api(args) -> dict:
         image = stream_once(port, [{"type": "image_url", "image_url": {"url": photo_url()}},
                                    {"type": "text", "text": "What is in this photo?"}], 16)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)
     return {"ttft_s": statistics.median(r["ttft_s"] for r in text),
             "decode_tok_s": statistics.median(r["decode_tok_s"] for r in text),
             "image_ttft_s": image["ttft_s"],
@@ -156,6 +186,155 @@ def bench_raw(args) -> dict:
             "prompt_tokens": len(tokens)}
 
 
+# ---- follow-up turns, against any OpenAI-compatible server -----------------------------------
+
+# About 100 tokens each with the chat template around it (bench preset tokenizer).
+QUESTIONS = [
+    ("Look at the photo carefully. Where is the brightest part of the picture, and how does the "
+     "brightness change from the centre to each edge?"),
+    ("Now the orange rectangle: where does it sit in the frame, how large is it next to the whole "
+     "picture, and are its edges sharp or soft?"),
+    ("To crop this photo to a square that keeps the rectangle and the brightest area, where would "
+     "you put the crop, and what would be lost?"),
+    ("Finally, suggest a short title for the photo and one line of alt text that mentions the "
+     "colours, the gradient and the rectangle."),
+]
+
+
+def stream_chat(base_url: str, messages: list, max_tokens: int) -> dict:
+    """One streamed chat completion: time to first content, total time, the text as streamed,
+    and whatever usage / timings the server reports (vlserve and llama-server send timings)."""
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.monotonic()
+    first = None
+    parts, usage, timings = [], None, None
+    with requests.post(f"{base_url}/v1/chat/completions", json=body, stream=True, timeout=3600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: {"):
+                continue
+            event = json.loads(line[6:])
+            for choice in event.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    first = first or time.monotonic()
+                    parts.append(piece)
+            usage = event.get("usage") or usage
+            timings = event.get("timings") or timings
+    end = time.monotonic()
+    return {"ttft_s": (first or end) - t0, "total_s": end - t0, "text": "".join(parts),
+            "usage": usage, "timings": timings}
+
+
+def turns_scenario(base_url: str, max_tokens: int = 32) -> list[dict]:
+    """Turn 1: the photo + a question; each later turn: a new question, with every earlier
+    turn (assistant answers exactly as streamed) carried in the conversation."""
+    messages, results = [], []
+    for i, question in enumerate(QUESTIONS):
+        content = question if i else [{"type": "image_url", "image_url": {"url": photo_url()}},
+                                      {"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        result = stream_chat(base_url, messages, max_tokens)
+        messages.append({"role": "assistant", "content": result["text"]})
+        results.append(result)
+        print(f"  turn {i + 1}: first token {result['ttft_s']:.2f} s, total {result['total_s']:.2f} s, "
+              f"usage {result['usage']}, timings {result['timings']}", file=sys.stderr)
+    return results
+
+
+def start_llama_server(args, port: int) -> subprocess.Popen:
+    """llama.cpp's own server: one slot (like vlserve), same threads and context."""
+    cmd = [args.llama_server, "--model", args.model, "--mmproj", args.mmproj,
+           "--host", "127.0.0.1", "--port", str(port), "--threads", str(args.threads),
+           "--threads-batch", str(args.threads), "--ctx-size", str(args.ctx), "--parallel", "1"]
+    if not args.repack:
+        cmd.append("--no-repack")
+    return launch("llama-server", cmd, f"http://127.0.0.1:{port}/health")
+
+
+def start_llama_cpp_python(args, port: int) -> subprocess.Popen:
+    """llama-cpp-python's server with its generic multimodal handler (MTMDChatHandler).
+    It has no switch for CPU weight repacking: it always repacks."""
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", args.model,
+           "--clip_model_path", args.mmproj, "--chat_format", "mtmd",
+           "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
+           "--n_threads_batch", str(args.threads), "--n_ctx", str(args.ctx)]
+    return launch("llama-cpp-python", cmd, f"http://127.0.0.1:{port}/v1/models")
+
+
+PEERS = {"vlserve": start_server, "llama-server": start_llama_server,
+         "llama-cpp-python": start_llama_cpp_python}
+
+
+def peer_missing(name: str, args) -> str | None:
+    """Why a peer cannot run here, or None."""
+    if name == "llama-server" and not (args.llama_server and os.access(args.llama_server, os.X_OK)):
+        return "no llama-server binary (pass --llama-server PATH)"
+    if name == "llama-cpp-python":
+        missing = [m for m in ("fastapi", "uvicorn", "sse_starlette", "pydantic_settings",
+                               "starlette_context") if importlib.util.find_spec(m) is None]
+        if missing:
+            return (f"llama-cpp-python's server extras missing ({', '.join(missing)}): pip install "
+                    "fastapi uvicorn sse-starlette pydantic-settings starlette-context")
+    return None
+
+
+def bench_turns(args) -> dict:
+    """Run the conversation against each peer in turn; one server up at a time."""
+    results = {}
+    for name in args.peers:
+        why = peer_missing(name, args)
+        if why:
+            print(f"skipping {name}: {why}", file=sys.stderr)
+            continue
+        port = free_port()
+        print(f"{name}: starting (log {LOG_DIR / name}.log)", file=sys.stderr)
+        proc = PEERS[name](args, port)
+        try:
+            turns = turns_scenario(f"http://127.0.0.1:{port}", args.turn_tokens)
+        finally:
+            stop(proc)
+        results[name] = [{k: v for k, v in t.items() if k != "text"} | {"answer_chars": len(t["text"])}
+                         for t in turns]
+    return results
+
+
+def print_turns(turns: dict) -> None:
+    n = len(QUESTIONS)
+    print("\nTime to first token per turn (turn 1: 1024x768 photo + question; "
+          "turns 2-4: a new question each)\n")
+    print("| server | " + " | ".join(f"turn {i + 1}" for i in range(n)) + " | turns 2-4 ÷ turn 1 |")
+    print("|---" * (n + 2) + "|")
+    for name, ts in turns.items():
+        ratios = " / ".join(f"{t['ttft_s'] / ts[0]['ttft_s']:.3f}" for t in ts[1:])
+        print(f"| {name} | " + " | ".join(f"{t['ttft_s']:.2f} s" for t in ts) + f" | {ratios} |")
+    if "vlserve" in turns and "llama-server" in turns:
+        pairs = zip(turns["vlserve"], turns["llama-server"])
+        print("| vlserve ÷ llama-server | " + " | ".join(f"{a['ttft_s'] / b['ttft_s']:.2f}" for a, b in pairs)
+              + " | |")
+    print("\n| server | turn | total | prompt tokens | cached | server timings |\n|---|---|---|---|---|---|")
+    for name, ts in turns.items():
+        for i, t in enumerate(ts):
+            u = t["usage"] or {}
+            cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens", "")
+            print(f"| {name} | {i + 1} | {t['total_s']:.2f} s | {u.get('prompt_tokens', '')} | {cached} | "
+                  f"{json.dumps(t['timings']) if t['timings'] else ''} |")
+
+
+# ---- the decode comparison -----------------------------------------------------------------------
+
+def print_decode(args, api: dict, raw: dict) -> dict:
+    result = {"api": api, "raw": raw, "ratio_decode": api["decode_tok_s"] / raw["decode_tok_s"],
+              "ratio_ttft": api["ttft_s"] / raw["ttft_s"]}
+    print(f"\n{raw['prompt_tokens']}-token prompt, {args.tokens} tokens, median of {args.runs}\n")
+    print("| | vlserve API (SSE) | raw llama-cpp-python | ratio |\n|---|---|---|---|")
+    print(f"| time to first token | {api['ttft_s']:.3f} s | {raw['ttft_s']:.3f} s | {result['ratio_ttft']:.2f} |")
+    print(f"| decode | {api['decode_tok_s']:.2f} tok/s | {raw['decode_tok_s']:.2f} tok/s | {result['ratio_decode']:.2f} |")
+    print(f"| 1024x768 photo: first token | {api['image_ttft_s']:.2f} s (encode {api['image_encode_ms']} ms) | | |")
+    return result
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -168,7 +347,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model")
     ap.add_argument("--mmproj")
@@ -176,11 +355,26 @@ def main() -> None:
                     help="quant of the generated bench preset (when --model is not given)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=4096)
-    ap.add_argument("--tokens", type=int, default=64, help="tokens to generate per run")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scenario", default="all", choices=["decode", "turns", "all"])
+    ap.add_argument("--tokens", type=int, default=64, help="decode: tokens to generate per run")
+    ap.add_argument("--runs", type=int, default=3, help="decode: runs (median reported)")
+    ap.add_argument("--turn-tokens", type=int, default=32, help="turns: max_tokens per turn")
+    ap.add_argument("--peers", default="vlserve,llama-server,llama-cpp-python",
+                    help="turns: comma-separated, from " + ", ".join(PEERS))
+    ap.add_argument("--llama-server", help="turns: path to llama.cpp's llama-server binary")
     ap.add_argument("--repack", action="store_true",
-                    help="allow CPU weight repacking (crashes quantized models on some virtual CPUs)")
-    args = ap.parse_args()
+                    help="allow CPU weight repacking (crashes quantized models on some virtual CPUs);\n"
+                         "applies to vlserve and llama-server; llama-cpp-python always repacks")
+    args = ap.parse_args(argv)
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = set(args.peers) - set(PEERS)
+    if unknown:
+        ap.error(f"unknown peers: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     tmp = None
     if not args.model:
         from make_tiny_model import make_model
@@ -189,22 +383,20 @@ def main() -> None:
         model, mmproj = make_model(Path(tmp.name), preset="bench", quant=args.quant)
         print(f"generated bench preset ({args.quant}) in {time.monotonic() - t0:.1f}s", file=sys.stderr)
         args.model, args.mmproj = str(model), str(mmproj)
-    api = bench_api(args)
-    raw = bench_raw(args)
-    result = {"machine": machine(), "model": Path(args.model).name, "threads": args.threads,
-              "tokens": args.tokens, "runs": args.runs, "repack": args.repack,
-              "api": api, "raw": raw,
-              "ratio_decode": api["decode_tok_s"] / raw["decode_tok_s"],
-              "ratio_ttft": api["ttft_s"] / raw["ttft_s"]}
-    print(f"\n{result['machine']}\nmodel {result['model']}, {args.threads} threads, "
-          f"{raw['prompt_tokens']}-token prompt, {args.tokens} tokens, median of {args.runs}\n")
-    print("| | vlserve API (SSE) | raw llama-cpp-python | ratio |\n|---|---|---|---|")
-    print(f"| time to first token | {api['ttft_s']:.3f} s | {raw['ttft_s']:.3f} s | {result['ratio_ttft']:.2f} |")
-    print(f"| decode | {api['decode_tok_s']:.2f} tok/s | {raw['decode_tok_s']:.2f} tok/s | {result['ratio_decode']:.2f} |")
-    print(f"| 1024x768 photo: first token | {api['image_ttft_s']:.2f} s (encode {api['image_encode_ms']} ms) | | |")
-    print("\n" + json.dumps(result, indent=2))
-    if tmp:
-        tmp.cleanup()
+    try:
+        result = {"machine": machine(), "model": Path(args.model).name, "threads": args.threads,
+                  "ctx": args.ctx, "repack": args.repack}
+        print(f"\n{result['machine']}\nmodel {result['model']}, {args.threads} threads")
+        if args.scenario in ("decode", "all"):
+            result |= {"tokens": args.tokens, "runs": args.runs}
+            result["decode"] = print_decode(args, bench_api(args), bench_raw(args))
+        if args.scenario in ("turns", "all"):
+            result["turns"] = bench_turns(args)
+            print_turns(result["turns"])
+        print("\n" + json.dumps(result, indent=2))
+    finally:
+        if tmp:
+            tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_non_streaming_completion_shape_and_usage(client):
     usage = body["usage"]
     assert usage["completion_tokens"] == 8
     assert usage["total_tokens"] == usage["prompt_tokens"] + 8
-    assert body["timings"]["predicted_per_second"] > 0
+    assert body["timings"]["decode_tokens_per_s"] > 0
 
 
 def test_image_raises_prompt_tokens_by_its_real_count(client, engine):

@@ -151,7 +151,7 @@ def _collect(job: Job, cid: str, name: str) -> Response:
             elif isinstance(event, Finished):
                 _log_finish(event)
                 return jsonify(completion(cid, name, "".join(text), event.finish_reason,
-                                          usage_dict(event.prompt_tokens, event.completion_tokens),
+                                          usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
                                           {"timings": event.timings}))
     finally:
         job.cancel()
@@ -188,7 +188,7 @@ def _sse(job: Job, req: ChatRequest, cid: str, name: str) -> Iterator[str]:
                 yield _data(final)
                 if req.include_usage:
                     yield _data(chunk(cid, name, created, {}, choices=False, usage=usage_dict(
-                        event.prompt_tokens, event.completion_tokens)))
+                        event.prompt_tokens, event.completion_tokens, event.cached_tokens)))
         yield "data: [DONE]\n\n"
     except GeneratorExit:
         status = 499  # client closed the connection

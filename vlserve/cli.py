@@ -58,6 +58,8 @@ def main():
         help="Minimum tokens per image (0 = projector default).")
 @option("--image-max-tokens", type=click.IntRange(0), default=0,
         help="Maximum tokens per image (0 = projector default).")
+@option("--image-cache-mb", type=click.IntRange(0), default=512,
+        help="Memory for recent image embeddings, so an image already seen is not encoded again.")
 @option("--no-repack", is_flag=True,
         help="Disable CPU weight repacking (needed for quantized models on some virtual CPUs).")
 @option("--no-warmup", is_flag=True, help="Skip the warm-up requests at start.")

@@ -35,6 +35,7 @@ class Settings:
     image_max_tokens: int = 0
     repack: bool = True               # llama.cpp CPU weight repacking (use_extra_bufts)
     warmup: bool = True
+    image_cache_mb: int = 512         # LRU of vision-encoder outputs, so an image is encoded once
     seed: int = -1                    # default sampling seed (-1 = random per request)
 
     # serving

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+import cachetools
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp import mtmd_cpp
 
@@ -28,6 +30,7 @@ from . import llamalog
 from .config import Settings
 from .errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
 from .images import PreparedImage
+from .kvcache import ImageUnit, KVRecord, Unit, n_tokens, plan_reuse
 from .protocol import ChatRequest, SamplingParams
 from .template import ChatTemplate
 from .textstream import TextStream
@@ -57,22 +60,25 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     timings: dict = field(default_factory=dict)
+    cached_tokens: int = 0      # prompt tokens served from the KV cache
 
 
 @dataclass
 class Prompt:
     """A tokenized request, ready for the worker. Owns native chunks until closed."""
-    chunks: object              # mtmd_input_chunks_p
+    units: list[Unit]           # text token ids and images, in order
+    images: dict[int, object]   # unit index -> mtmd image chunk (valid until close)
     n_tokens: int               # every token that occupies the context, image tokens included
     n_images: int
     image_tokens: int
     max_new_tokens: int
+    _chunks: object = None
     _free: Callable[[object], None] | None = None
 
     def close(self) -> None:
-        if self._free and self.chunks:
-            self._free(self.chunks)
-        self.chunks = None
+        if self._free and self._chunks:
+            self._free(self._chunks)
+        self._chunks, self.images = None, {}
 
 
 class Engine(Protocol):
@@ -148,6 +154,10 @@ class LlamaEngine:
             params=_context_params(settings, self._model.n_ctx_train()), verbose=False),
             settings.model)
         self.n_ctx = self._ctx.n_ctx()
+        self._n_embd_inp = llama_cpp.llama_model_n_embd_inp(self._model.model)
+        self._kv = KVRecord()
+        self._embeddings = cachetools.LRUCache(
+            maxsize=max(1, settings.image_cache_mb * 1024 * 1024), getsizeof=lambda a: a.nbytes)
         self._vocab = self._model.vocab
         self._batch = internals.LlamaBatch(n_tokens=settings.n_batch, embd=0, n_seq_max=1,
                                            verbose=False)
@@ -210,10 +220,7 @@ class LlamaEngine:
 
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt:
         text = self._template.render(request.messages, self._marker)
-        chunks = self._tokenize(text, images)
-        prompt = Prompt(chunks=chunks, n_tokens=mtmd_cpp.mtmd_helper_get_n_tokens(chunks),
-                        n_images=len(images), image_tokens=self._image_tokens(chunks),
-                        max_new_tokens=0, _free=mtmd_cpp.mtmd_input_chunks_free)
+        prompt = self._to_prompt(self._tokenize(text, images))
         try:
             prompt.max_new_tokens = self._budget(prompt.n_tokens, request.params.max_tokens)
         except ContextLengthError:
@@ -222,9 +229,12 @@ class LlamaEngine:
         return prompt
 
     def _tokenize(self, text: str, images: list[PreparedImage]):
-        bitmaps = [mtmd_cpp.mtmd_bitmap_init(im.width, im.height,
-                                             (ctypes.c_uint8 * len(im.rgb)).from_buffer_copy(im.rgb))
-                   for im in images]
+        bitmaps = []
+        for im in images:
+            bm = mtmd_cpp.mtmd_bitmap_init(im.width, im.height,
+                                           (ctypes.c_uint8 * len(im.rgb)).from_buffer_copy(im.rgb))
+            mtmd_cpp.mtmd_bitmap_set_id(bm, im.sha256.encode())  # becomes the chunk's id
+            bitmaps.append(bm)
         chunks = mtmd_cpp.mtmd_input_chunks_init()
         try:
             data = text.encode()
@@ -242,13 +252,29 @@ class LlamaEngine:
             raise ImageError(f"the vision encoder could not preprocess an image (code {rc})")
         return chunks
 
-    def _image_tokens(self, chunks) -> int:
-        total = 0
+    def _to_prompt(self, chunks) -> Prompt:
+        """Flatten mtmd chunks into units: token ids, and images keyed by content hash."""
+        units: list[Unit] = []
+        images: dict[int, object] = {}
         for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
             chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
-            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) != mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                total += mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
-        return total
+            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t(0)
+                ptr = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                units.extend(ptr[:n.value])
+            else:
+                images[len(units)] = chunk
+                units.append(ImageUnit(
+                    key=(mtmd_cpp.mtmd_input_chunk_get_id(chunk) or b"").decode(),
+                    n_tokens=mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk),
+                    n_pos=mtmd_cpp.mtmd_input_chunk_get_n_pos(chunk)))
+        if not units or isinstance(units[-1], ImageUnit):
+            mtmd_cpp.mtmd_input_chunks_free(chunks)
+            raise InvalidRequestError("the prompt must end with text after its last image")
+        image_tokens = sum(units[k].n_tokens for k in images)
+        return Prompt(units=units, images=images, n_tokens=n_tokens(units),
+                      n_images=len(images), image_tokens=image_tokens, max_new_tokens=0,
+                      _chunks=chunks, _free=mtmd_cpp.mtmd_input_chunks_free)
 
     def _budget(self, n_prompt: int, max_tokens: int | None) -> int:
         """How many tokens may be generated; refuse prompts that cannot fit, with numbers."""
@@ -268,18 +294,31 @@ class LlamaEngine:
 
     def generate(self, prompt: Prompt, params: SamplingParams,
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
+        try:
+            yield from self._generate(prompt, params, cancelled)
+        except Exception:
+            # A failed decode leaves the KV in doubt. (A consumer that stops early closes
+            # us with GeneratorExit: the record is still exact, since units join it only
+            # after their decode succeeded.)
+            self._forget_kv()
+            raise
+
+    def _generate(self, prompt: Prompt, params: SamplingParams, cancelled):
         t0 = time.monotonic()
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx.ctx), True)
-        n_past, encode_ms = self._evaluate(prompt, cancelled)
-        if n_past is None:
-            yield Finished("cancelled", prompt.n_tokens, 0)
+        stats = {"images_encoded": 0, "images_from_cache": 0, "image_encode_ms": 0.0}
+        skip = self._reuse_prefix(prompt)
+        cached = n_tokens(self._kv.units)
+        evaluated = n_tokens(prompt.units[skip:])
+        if not self._evaluate(prompt, skip, cancelled, stats):
+            yield Finished("cancelled", cached + evaluated, 0)
             return
         t1 = time.monotonic()
+        budget = min(prompt.max_new_tokens, self.n_ctx - self._kv_tokens())
         sampler = self._sampler(params)
         stream = TextStream(params.stop)
         n_out, reason = 0, "length"
         try:
-            while n_out < prompt.max_new_tokens:
+            while n_out < budget:
                 if cancelled():
                     reason = "cancelled"
                     break
@@ -288,77 +327,113 @@ class LlamaEngine:
                     reason = "stop"
                     break
                 n_out += 1
-                text, hit = stream.feed(self._piece(token))
+                piece = self._piece(token)
+                text, hit = stream.feed(piece)
                 if text:
                     yield Delta(text)
                 if hit:
                     reason = "stop"
                     break
-                if n_out < prompt.max_new_tokens:
-                    self._decode([token], n_past)
-                    n_past += 1
+                if n_out < budget:
+                    # Decoded tokens join the KV record with their bytes, so the next turn,
+                    # which repeats this answer as text, can match them.
+                    self._decode([token], self._kv.end)
+                    self._kv.append(token, 1, piece)
         finally:
             sampler.close()
         if reason != "stop" and (tail := stream.flush()):
             yield Delta(tail)
         t2 = time.monotonic()
-        yield Finished(reason, prompt.n_tokens, n_out, {
+        yield Finished(reason, cached + evaluated, n_out, {
             "prompt_ms": round((t1 - t0) * 1000, 2),
-            "image_encode_ms": round(encode_ms, 2),
+            "prompt_tokens_evaluated": evaluated,
+            "cached_tokens": cached,
+            "image_encode_ms": round(stats["image_encode_ms"], 2),
+            "images_encoded": stats["images_encoded"],
+            "images_from_cache": stats["images_from_cache"],
             "predicted_ms": round((t2 - t1) * 1000, 2),
-            "predicted_per_second": round(n_out / (t2 - t1), 2) if t2 > t1 and n_out else 0.0,
-        })
+            "decode_tokens_per_s": round(n_out / (t2 - t1), 2) if t2 > t1 and n_out else 0.0,
+        }, cached_tokens=cached)
 
-    def _evaluate(self, prompt: Prompt, cancelled) -> tuple[int | None, float]:
-        """Prefill every chunk; returns (next position, ms in the vision encoder), or
-        (None, ms) if cancelled on the way."""
-        n_past, encode_ms = 0, 0.0
-        n_chunks = mtmd_cpp.mtmd_input_chunks_size(prompt.chunks)
-        for i in range(n_chunks):
+    # -- the KV prefix cache --
+
+    def _reuse_prefix(self, prompt: Prompt) -> int:
+        """Trim the KV after what this prompt shares with it; returns the first unit to
+        evaluate. Models whose memory cannot be cut (recurrent) start over, correctly."""
+        keep, skip = plan_reuse(self._kv.units, self._kv_piece, prompt.units,
+                                lambda i: self._piece(prompt.units[i], special=True))
+        p0 = self._kv.truncate(keep)
+        if not llama_cpp.llama_memory_seq_rm(self._memory(), 0, p0, -1):
+            self._forget_kv()
+            return 0
+        return skip
+
+    def _kv_piece(self, i: int) -> bytes:
+        piece = self._kv.pieces.get(i)
+        return piece if piece is not None else self._piece(self._kv.units[i], special=True)
+
+    def _kv_tokens(self) -> int:
+        return n_tokens(self._kv.units)
+
+    def _memory(self):
+        return llama_cpp.llama_get_memory(self._ctx.ctx)
+
+    def _forget_kv(self) -> None:
+        llama_cpp.llama_memory_clear(self._memory(), True)
+        self._kv.clear()
+
+    def _evaluate(self, prompt: Prompt, start: int, cancelled, stats: dict) -> bool:
+        """Prefill units[start:], recording each in the KV record; False if cancelled."""
+        units, i = prompt.units, start
+        while i < len(units):
             if cancelled():
-                return None, encode_ms
-            chunk = mtmd_cpp.mtmd_input_chunks_get(prompt.chunks, i)
-            last = i == n_chunks - 1
-            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                n_past = self._eval_text(chunk, n_past, last, cancelled)
-                if n_past is None:
-                    return None, encode_ms
-            else:
-                t = time.monotonic()
-                embd = self._encode_image(chunk)
-                encode_ms += (time.monotonic() - t) * 1000
-                n_past = self._decode_image(chunk, embd, n_past)
-        return n_past, encode_ms
+                return False
+            if isinstance(units[i], ImageUnit):
+                self._eval_image(prompt.images[i], units[i], stats)
+                i += 1
+                continue
+            j = i
+            while j < len(units) and j - i < self.settings.n_batch \
+                    and not isinstance(units[j], ImageUnit):
+                j += 1
+            self._decode(units[i:j], self._kv.end, logits=j == len(units))
+            for token in units[i:j]:
+                self._kv.append(token, 1)
+            i = j
+        return True
 
-    def _eval_text(self, chunk, n_past: int, last: bool, cancelled) -> int | None:
-        n = ctypes.c_size_t(0)
-        ptr = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-        tokens = ptr[:n.value]
-        step = self.settings.n_batch
-        for start in range(0, len(tokens), step):
-            if start and cancelled():
-                return None
-            part = tokens[start:start + step]
-            self._decode(part, n_past, logits=last and start + step >= len(tokens))
-            n_past += len(part)
-        return n_past
+    def _eval_image(self, chunk, unit: ImageUnit, stats: dict) -> None:
+        embd = self._embeddings.get(unit.key)
+        if embd is None:
+            t = time.monotonic()
+            embd = self._encode_image(chunk, unit)
+            stats["image_encode_ms"] += (time.monotonic() - t) * 1000
+            stats["images_encoded"] += 1
+        else:
+            stats["images_from_cache"] += 1
+        self._decode_image(chunk, embd)
+        self._kv.append(unit, unit.n_pos)
 
-    def _encode_image(self, chunk):
-        """Run the vision tower; the embeddings stay in mtmd's buffer until the next encode."""
+    def _encode_image(self, chunk, unit: ImageUnit) -> np.ndarray:
+        """Run the vision tower and keep a copy of its output in the embedding LRU."""
         rc = mtmd_cpp.mtmd_encode_chunk(self._mtmd, chunk)
         if rc != 0:
             raise InternalError(f"the vision encoder failed (code {rc})")
-        return mtmd_cpp.mtmd_get_output_embd(self._mtmd)
+        size = unit.n_tokens * self._n_embd_inp
+        embd = np.ctypeslib.as_array(mtmd_cpp.mtmd_get_output_embd(self._mtmd), shape=(size,)).copy()
+        if embd.nbytes <= self._embeddings.maxsize:
+            self._embeddings[unit.key] = embd
+        return embd
 
-    def _decode_image(self, chunk, embd, n_past: int) -> int:
+    def _decode_image(self, chunk, embd: np.ndarray) -> None:
         """Feed image embeddings to the LLM (M-RoPE positions are set by mtmd's helper)."""
         new_n_past = llama_cpp.llama_pos(0)
         rc = mtmd_cpp.mtmd_helper_decode_image_chunk(
-            self._mtmd, self._ctx.ctx, chunk, embd, n_past, 0, self.settings.n_batch,
-            ctypes.byref(new_n_past), mtmd_cpp.mtmd_helper_post_decode_callback(), None)
+            self._mtmd, self._ctx.ctx, chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            self._kv.end, 0, self.settings.n_batch, ctypes.byref(new_n_past),
+            mtmd_cpp.mtmd_helper_post_decode_callback(), None)
         if rc != 0:
             raise InternalError(f"image evaluation failed (code {rc})")
-        return new_n_past.value
 
     def _decode(self, tokens: list[int], n_past: int, logits: bool = True) -> None:
         self._batch.set_batch(tokens, n_past, logits_all=False)
