@@ -156,7 +156,7 @@ BAD = [
     ("http url", img_msg("http://example.com/cat.png"), 400, "offline"),
     ("https url", img_msg("https://example.com/cat.png"), 400, "offline"),
     ("file url", img_msg("file:///etc/passwd"), 400, "file:"),
-    ("too many images", {"messages": [user(*[("img", data_url(8, 8))] * 9, "x")]}, 400,
+    ("too many images", {"messages": [user(*[("img", data_url(8, 8))] * 33, "x")]}, 400,
      "too many images"),
     ("prompt longer than context", {"messages": [user("word " * N_CTX)]}, 400, str(N_CTX)),
 ]
@@ -214,3 +214,74 @@ def test_timeout_without_streaming_is_504(make_app):
     c = make_app(request_timeout=0.3).test_client()
     assert_error(c.post(CHAT, json={"messages": [user("talk")], "max_tokens": 4000}), 504,
                  "request_timeout")
+
+
+# ---- context fitting, detail and reasoning, through the API -------------------------------------
+
+def long_history(turns: int, words: int = 60) -> list:
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(turns):
+        messages.append(user(("img", data_url(320, 240, color=(i * 20 % 255, 80, 90))),
+                             f"turn {i} " + "word " * words))
+        messages.append({"role": "assistant", "content": f"answer {i} " + "fine " * words})
+    return messages
+
+
+def test_overlong_conversation_is_fitted_and_says_what_was_dropped(client):
+    messages = long_history(30) + [user("and now?")]
+    r = client.post(CHAT, json={"messages": messages, "max_tokens": 8, "temperature": 0})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    dropped = body["context"]
+    assert dropped["dropped_images"] == 30 and dropped["dropped_messages"] > 0
+    assert r.headers["X-Context-Dropped"] == (
+        f"images={dropped['dropped_images']}, messages={dropped['dropped_messages']}")
+    assert body["usage"]["prompt_tokens"] + 8 <= N_CTX
+
+
+def test_fitting_keeps_its_decision_for_the_next_turn_so_the_cache_holds(client):
+    history = long_history(30)
+    first = client.post(CHAT, json={"messages": history + [user("one?")], "max_tokens": 4,
+                                    "temperature": 0}).get_json()
+    answer = first["choices"][0]["message"]["content"]
+    follow = history + [user("one?"), {"role": "assistant", "content": answer}, user("two?")]
+    second = client.post(CHAT, json={"messages": follow, "max_tokens": 4, "temperature": 0})
+    body = second.get_json()
+    assert body["context"] == first["context"]          # the same block was dropped
+    assert body["timings"]["prompt_tokens_evaluated"] < 40   # so the prefix was reused
+    assert body["timings"]["images_encoded"] == 0
+
+
+def test_streamed_final_chunk_carries_the_context_report(client):
+    r = client.post(CHAT, json={"messages": long_history(30) + [user("x")], "max_tokens": 2,
+                                "stream": True})
+    final = [e for e in sse_events(r)[:-1] if e["choices"] and e["choices"][0]["finish_reason"]][0]
+    assert final["context"]["dropped_images"] == 30 and "X-Context-Dropped" in r.headers
+
+
+def test_last_message_that_cannot_fit_is_refused_before_any_image_work(client, engine):
+    before = len(engine._embeddings), dict(client.get("/health").get_json()["served"])
+    huge = user(("img", data_url(640, 480, color=(1, 2, 3))), "word " * N_CTX)
+    err = assert_error(client.post(CHAT, json={"messages": [huge], "max_tokens": 10}), 400,
+                       "context_length_exceeded", "kept for the answer")
+    assert str(N_CTX) in err["message"]
+    assert (len(engine._embeddings), client.get("/health").get_json()["served"]) == before
+
+
+def test_low_detail_costs_fewer_image_tokens(client):
+    def image_tokens(detail):
+        part = {"type": "image_url", "image_url": {"url": data_url(1024, 768), "detail": detail}}
+        body = client.post(CHAT, json={"messages": [{"role": "user", "content": [part]}],
+                                       "max_tokens": 1}).get_json()
+        return body["usage"]["prompt_tokens_details"]["image_tokens"]
+    low, auto = image_tokens("low"), image_tokens("auto")
+    assert 0 < low <= 256 < auto
+
+
+def test_old_reasoning_is_not_sent_back_to_the_model(client):
+    def prompt_tokens(answer):
+        messages = [user("q1"), {"role": "assistant", "content": answer}, user("q2")]
+        return client.post(CHAT, json={"messages": messages, "max_tokens": 1}).get_json()[
+            "usage"]["prompt_tokens"]
+    assert prompt_tokens("<think>long private reasoning " * 20 + "</think>The answer.") == \
+        prompt_tokens("The answer.")

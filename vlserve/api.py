@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
@@ -12,14 +14,17 @@ from werkzeug.exceptions import BadRequest
 
 from .app import log_line
 from .engine import Delta, Finished
-from .errors import APIError, InvalidRequestError, NotFoundError
-from .images import decode_data_url
-from .protocol import (ChatRequest, chunk, completion, new_completion_id, parse_chat_request,
-                       usage_dict)
+from .errors import APIError, ContextLengthError, InvalidRequestError, NotFoundError
+from .context import Fit, fit_messages, strip_thinking
+from .images import PreparedImage, decode_data_url, limits_for_detail
+from .protocol import (ChatRequest, ImagePart, chunk, completion, new_completion_id,
+                       parse_chat_request, usage_dict)
 from .worker import Job, Worker
 
 bp = Blueprint("api", __name__)
 
+# Room kept for the answer when fitting a request that sets no max_tokens.
+DEFAULT_RESERVE = 1024
 KEEPALIVE_SECONDS = 1.0   # SSE comment cadence while queued or prefilling; also how fast a
                           # vanished client is noticed before the first token
 
@@ -86,17 +91,41 @@ def chat_completions():
     engine = _worker().require_ready()
     _worker().check_room()
     images = _decode_images(req, settings)
-    g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images))
-    prompt = engine.prepare(req, images)
+    g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images.values()))
+    req, fit = _fit(req, engine, images)
+    prompt = engine.prepare(req, [images[p] for p in req.image_parts])
     g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
     job = _worker().submit(prompt, req.params)
-    cid, name = new_completion_id(), model_id()
+    reply = Reply(new_completion_id(), model_id(), prompt.image_tokens, _dropped(fit))
+    headers = {"X-Context-Dropped": "images={dropped_images}, messages={dropped_messages}"
+               .format(**reply.dropped)} if reply.dropped else {}
     if req.stream:
         g.stream_logs_itself = True
-        return Response(stream_with_context(_sse(job, req, cid, name)),
-                        mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return _collect(job, cid, name)
+        return Response(stream_with_context(_sse(job, req, reply)), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+    response = _collect(job, reply)
+    response.headers.update(headers)
+    return response
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What every response of one request carries besides the generated text."""
+    cid: str
+    model: str
+    image_tokens: int
+    dropped: dict | None       # what context fitting removed, or None
+
+    def usage(self, event: Finished) -> dict:
+        usage = usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+        usage["prompt_tokens_details"]["image_tokens"] = self.image_tokens
+        return usage
+
+    def extra(self, event: Finished) -> dict:
+        extra = {"timings": event.timings}
+        if self.dropped:
+            extra["context"] = self.dropped
+        return extra
 
 
 def _json_body():
@@ -106,13 +135,34 @@ def _json_body():
         raise InvalidRequestError("the request body is not valid JSON") from None
 
 
-def _decode_images(req: ChatRequest, settings) -> list:
+def _decode_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]:
     parts = req.image_parts
     limits = settings.images
     if len(parts) > limits.max_images:
         raise InvalidRequestError(f"too many images: {len(parts)} sent, at most "
                                   f"{limits.max_images} per request", param="messages")
-    return [decode_data_url(p.url, limits, param="messages") for p in parts]
+    return {p: decode_data_url(p.url, limits_for_detail(limits, p.detail), param="messages")
+            for p in parts}
+
+
+def _fit(req: ChatRequest, engine, images) -> tuple[ChatRequest, Fit]:
+    """Old reasoning out, then the conversation fitted into the context, leaving room for
+    the answer. A last message that cannot fit is refused here, before any image work."""
+    reserve = req.params.max_tokens or min(DEFAULT_RESERVE, engine.n_ctx // 4)
+    try:
+        fit = fit_messages(strip_thinking(req.messages), budget=engine.n_ctx - reserve,
+                           count_tokens=lambda msgs: engine.count_tokens(msgs, images))
+    except ContextLengthError as exc:
+        raise ContextLengthError(
+            f"{exc.message}: the context is {engine.n_ctx} tokens and {reserve} of them are "
+            "kept for the answer (max_tokens)", param=exc.param) from None
+    return dataclasses.replace(req, messages=fit.messages), fit
+
+
+def _dropped(fit: Fit) -> dict | None:
+    if not fit.changed:
+        return None
+    return {"dropped_images": fit.dropped_images, "dropped_messages": fit.dropped_messages}
 
 
 def _client_gone() -> bool:
@@ -137,7 +187,7 @@ def _events(job: Job) -> Iterator[Delta | Finished | APIError | None]:
             return
 
 
-def _collect(job: Job, cid: str, name: str) -> Response:
+def _collect(job: Job, reply: Reply) -> Response:
     text = []
     try:
         for event in _events(job):
@@ -150,9 +200,9 @@ def _collect(job: Job, cid: str, name: str) -> Response:
                 raise event
             elif isinstance(event, Finished):
                 _log_finish(event)
-                return jsonify(completion(cid, name, "".join(text), event.finish_reason,
-                                          usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
-                                          {"timings": event.timings}))
+                return jsonify(completion(reply.cid, reply.model, "".join(text),
+                                          event.finish_reason, reply.usage(event),
+                                          reply.extra(event)))
     finally:
         job.cancel()
     raise InvalidRequestError("unreachable")  # pragma: no cover
@@ -162,8 +212,9 @@ def _log_finish(event: Finished) -> None:
     g.log.update(completion_tokens=event.completion_tokens, finish=event.finish_reason)
 
 
-def _sse(job: Job, req: ChatRequest, cid: str, name: str) -> Iterator[str]:
+def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
     created = int(time.time())
+    cid, name = reply.cid, reply.model
     status, t0, ttft = 200, time.monotonic(), None
     try:
         yield _data(chunk(cid, name, created, {"role": "assistant", "content": ""}))
@@ -182,13 +233,13 @@ def _sse(job: Job, req: ChatRequest, cid: str, name: str) -> Iterator[str]:
                 yield _data(event.to_dict())
             else:
                 _log_finish(event)
-                timings = dict(event.timings, ttft_ms=round((ttft or 0) * 1000, 2))
                 final = chunk(cid, name, created, {}, event.finish_reason)
-                final["timings"] = timings
+                final.update(reply.extra(event))
+                final["timings"]["ttft_ms"] = round((ttft or 0) * 1000, 2)
                 yield _data(final)
                 if req.include_usage:
-                    yield _data(chunk(cid, name, created, {}, choices=False, usage=usage_dict(
-                        event.prompt_tokens, event.completion_tokens, event.cached_tokens)))
+                    yield _data(chunk(cid, name, created, {}, choices=False,
+                                      usage=reply.usage(event)))
         yield "data: [DONE]\n\n"
     except GeneratorExit:
         status = 499  # client closed the connection

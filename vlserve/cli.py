@@ -70,7 +70,8 @@ def main():
         help="Seconds a request may take from arrival to its last token.")
 @option("--max-body-mb", type=click.FloatRange(0.01), default=64.0,
         help="Largest request body in MiB (413 beyond).")
-@option("--max-images", type=click.IntRange(0), default=8, help="Images per request.")
+@option("--max-images", type=click.IntRange(0), default=32,
+        help="Images per request, the conversation's earlier turns included.")
 @option("--max-image-mb", type=click.FloatRange(0.01), default=20.0,
         help="Largest decoded image file in MiB.")
 @option("--max-image-pixels", type=click.IntRange(1), default=50_000_000,

@@ -132,7 +132,7 @@ def fit_messages(messages: Messages, *, budget: int, count_tokens: Counter,
     if protected > budget:
         raise ContextLengthError(
             f"the last message (with the system prompt) needs {protected} tokens but only "
-            f"{budget} fit in the context (n_ctx minus max_tokens)", param="messages")
+            f"{budget} fit", param="messages")
 
     no_images = tokens(n_img, 0)
     if no_images <= budget:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
 import cachetools
 import llama_cpp
@@ -31,7 +32,7 @@ from .config import Settings
 from .errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
 from .images import PreparedImage
 from .kvcache import ImageUnit, KVRecord, Unit, n_tokens, plan_reuse
-from .protocol import ChatRequest, SamplingParams
+from .protocol import ChatRequest, ImagePart, Message, SamplingParams
 from .template import ChatTemplate
 from .textstream import TextStream
 
@@ -88,6 +89,8 @@ class Engine(Protocol):
     info: dict
 
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt: ...
+    def count_tokens(self, messages: tuple[Message, ...],
+                     images: Mapping[ImagePart, PreparedImage]) -> int: ...
     def generate(self, prompt: Prompt, params: SamplingParams,
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]: ...
     def close(self) -> None: ...
@@ -156,6 +159,8 @@ class LlamaEngine:
         self.n_ctx = self._ctx.n_ctx()
         self._n_embd_inp = llama_cpp.llama_model_n_embd_inp(self._model.model)
         self._kv = KVRecord()
+        self._image_costs: cachetools.LRUCache[str, int] = cachetools.LRUCache(4096)
+        self._cost_lock = threading.Lock()  # prepare() and counting run on HTTP threads
         self._embeddings = cachetools.LRUCache(
             maxsize=max(1, settings.image_cache_mb * 1024 * 1024), getsizeof=lambda a: a.nbytes)
         self._vocab = self._model.vocab
@@ -227,6 +232,28 @@ class LlamaEngine:
             prompt.close()
             raise
         return prompt
+
+    def count_tokens(self, messages: tuple[Message, ...],
+                     images: Mapping[ImagePart, PreparedImage]) -> int:
+        """The prompt's size without encoding anything: the text tokenized around the image
+        markers, plus each image's token count (computed once per image)."""
+        text = self._template.render(messages, self._marker)
+        n = len(self._model.tokenize(text.replace(self._marker, "").encode(),
+                                     add_bos=self._model.add_bos_token(), special=True))
+        return n + sum(self._image_cost(images[p]) for m in messages for p in m.parts
+                       if isinstance(p, ImagePart))
+
+    def _image_cost(self, image: PreparedImage) -> int:
+        """Tokens an image adds, its begin/end markers included (mtmd preprocessing only)."""
+        with self._cost_lock:
+            cost = self._image_costs.get(image.sha256)
+        if cost is None:
+            chunks = self._tokenize(self._marker, [image])
+            cost = mtmd_cpp.mtmd_helper_get_n_tokens(chunks)
+            mtmd_cpp.mtmd_input_chunks_free(chunks)
+            with self._cost_lock:
+                self._image_costs[image.sha256] = cost
+        return cost
 
     def _tokenize(self, text: str, images: list[PreparedImage]):
         bitmaps = []

@@ -12,7 +12,7 @@ import hashlib
 import io
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,7 +26,7 @@ class ImageLimits:
     max_pixels: int = 50_000_000           # width*height cap, checked from the header BEFORE full decode
     max_long_side: int = 1024              # resize so the long side <= this
     max_short_side: int = 768              # and the short side <= this, keeping aspect ratio; never upscale
-    max_images: int = 8                    # per request
+    max_images: int = 32                   # per request (history included: clients resend it)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,19 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _SEND_DATA_URL = "send the image as a base64 data: URL (data:image/png;base64,...)"
+
+
+# OpenAI's detail "low" is a 512x512 image; for Qwen-VL (a token per 32x32 pixels) that is
+# at most 256 tokens, plenty for chat. "auto" and "high" use the server's limits (raise
+# --image-max-side for OCR and grounding, which want 1024+ tokens).
+LOW_DETAIL_SIDE = 512
+
+
+def limits_for_detail(limits: ImageLimits, detail: str) -> ImageLimits:
+    if detail != "low":
+        return limits
+    return replace(limits, max_long_side=min(limits.max_long_side, LOW_DETAIL_SIDE),
+                   max_short_side=min(limits.max_short_side, LOW_DETAIL_SIDE))
 
 
 def decode_data_url(url: str, limits: ImageLimits, *, param: str | None = None) -> PreparedImage:
