@@ -223,3 +223,8 @@ def test_dev_server_streams_too(tiny_model, tmp_path):
         assert raw.endswith("data: [DONE]\n\n") and raw.count('"content"') >= 3
     finally:
         server.stop()
+
+
+def test_bench_subcommand_reaches_the_benchmark():
+    r = run_cli(sys.executable, "server.py", "bench", "--help")
+    assert r.returncode == 0 and "--scenario" in r.stdout and "--llama-server" in r.stdout

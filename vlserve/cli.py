@@ -97,6 +97,16 @@ def serve(**opts):
     run(settings)
 
 
+@main.command(add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args):
+    """Benchmark vlserve against raw llama-cpp-python and peers (scripts/bench.py; --help)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench import main as bench_main
+    bench_main(list(args))
+
+
 def settings_from_options(opts: dict) -> Settings:
     mb = 1024 * 1024
     images = ImageLimits(max_bytes=int(opts.pop("max_image_mb") * mb),
