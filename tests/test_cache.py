@@ -147,7 +147,7 @@ def test_cached_follow_up_answers_like_a_cold_engine(engine):
     final = conversation(*turns[:-1])           # the last turn, asked again
     warm_text, warm = run(engine, final)        # served from the cache (a regenerate)
     cold_text, _ = cold(engine, final)
-    assert warm.cached_tokens > 0
+    assert warm.cached_tokens > 0 and warm.timings["images_encoded"] == 0
     assert warm_text == cold_text == turns[-1][1]
 
 
@@ -209,3 +209,16 @@ def test_usage_reports_cached_tokens_openai_style(client):
     details = again["usage"]["prompt_tokens_details"]
     assert details["cached_tokens"] == again["usage"]["prompt_tokens"] - 1
     assert again["timings"]["cached_tokens"] == details["cached_tokens"]
+
+
+def test_memory_that_cannot_be_trimmed_starts_over_correctly(engine, monkeypatch):
+    """Recurrent and hybrid models refuse partial removal (llama_memory_seq_rm -> False):
+    the engine must then evaluate everything again, and answer the same."""
+    import vlserve.engine as engine_module
+    reset(engine)
+    _, turns = chat_turns(engine, (PHOTO, QUESTION), ["And the chair?"])
+    final = conversation(*turns[:-1])
+    monkeypatch.setattr(engine_module.llama_cpp, "llama_memory_seq_rm", lambda *a: False)
+    text, fin = run(engine, final)
+    assert fin.cached_tokens == 0 and fin.timings["prompt_tokens_evaluated"] == fin.prompt_tokens
+    assert text == turns[-1][1]
