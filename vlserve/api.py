@@ -97,14 +97,14 @@ def chat_completions():
     g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
     job = _worker().submit(prompt, req.params)
     reply = Reply(new_completion_id(), model_id(), prompt.image_tokens, _dropped(fit))
-    headers = {"X-Context-Dropped": "images={dropped_images}, messages={dropped_messages}"
-               .format(**reply.dropped)} if reply.dropped else {}
     if req.stream:
         g.stream_logs_itself = True
-        return Response(stream_with_context(_sse(job, req, reply)), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
-    response = _collect(job, reply)
-    response.headers.update(headers)
+        response = Response(stream_with_context(_sse(job, req, reply)),
+                            mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    else:
+        response = _collect(job, reply)
+    response.headers.update(reply.headers())
     return response
 
 
@@ -120,6 +120,12 @@ class Reply:
         usage = usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
         usage["prompt_tokens_details"]["image_tokens"] = self.image_tokens
         return usage
+
+    def headers(self) -> dict:
+        if not self.dropped:
+            return {}
+        return {"X-Context-Dropped": "images={dropped_images}, messages={dropped_messages}"
+                .format(**self.dropped)}
 
     def extra(self, event: Finished) -> dict:
         extra = {"timings": event.timings}
