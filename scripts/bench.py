@@ -28,6 +28,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -250,6 +251,7 @@ def start_llama_server(args, port: int) -> subprocess.Popen:
            "--threads-batch", str(args.threads), "--ctx-size", str(args.ctx), "--parallel", "1"]
     if not args.repack:
         cmd.append("--no-repack")
+    cmd += shlex.split(args.llama_server_args)
     return launch("llama-server", cmd, f"http://127.0.0.1:{port}/health")
 
 
@@ -319,7 +321,13 @@ def print_turns(turns: dict) -> None:
             u = t["usage"] or {}
             cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens", "")
             print(f"| {name} | {i + 1} | {t['total_s']:.2f} s | {u.get('prompt_tokens', '')} | {cached} | "
-                  f"{json.dumps(t['timings']) if t['timings'] else ''} |")
+                  f"{compact(t['timings'])} |")
+
+
+def compact(timings: dict | None) -> str:
+    """A server's timings object on one short line: `key value, ...`, floats to 0.1."""
+    return ", ".join(f"{k} {round(v, 1) if isinstance(v, float) else v}"
+                     for k, v in (timings or {}).items())
 
 
 # ---- the decode comparison -----------------------------------------------------------------------
@@ -362,6 +370,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--peers", default="vlserve,llama-server,llama-cpp-python",
                     help="turns: comma-separated, from " + ", ".join(PEERS))
     ap.add_argument("--llama-server", help="turns: path to llama.cpp's llama-server binary")
+    ap.add_argument("--llama-server-args", default="",
+                    help="turns: extra llama-server arguments, e.g. '--flash-attn off'")
     ap.add_argument("--repack", action="store_true",
                     help="allow CPU weight repacking (crashes quantized models on some virtual CPUs);\n"
                          "applies to vlserve and llama-server; llama-cpp-python always repacks")
