@@ -107,6 +107,12 @@ def start_server(args, port: int) -> subprocess.Popen:
     return launch("vlserve", cmd, f"http://127.0.0.1:{port}/health")
 
 
+def cold_prompt(run: int) -> str:
+    """The decode scenario's prompt, different from its first words on, so that vlserve's
+    prefix cache cannot serve a repeated run (time to first token stays a cold prefill)."""
+    return f"Request {run}. {PROMPT}"
+
+
 def stream_once(port: int, content, max_tokens: int) -> dict:
     t0 = time.monotonic()
     first = last = None
@@ -135,7 +141,7 @@ def bench_api(args) -> dict:
     port = free_port()
     proc = start_server(args, port)
     try:
-        text = [stream_once(port, PROMPT, args.tokens) for _ in range(args.runs)]
+        text = [stream_once(port, cold_prompt(i), args.tokens) for i in range(args.runs)]
         image = stream_once(port, [{"type": "image_url", "image_url": {"url": photo_url()}},
                                    {"type": "text", "text": "What is in this photo?"}], 16)
     finally:
@@ -161,10 +167,10 @@ def bench_raw(args) -> dict:
     cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = args.ctx, 2048, args.threads, args.threads
     ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
     batch = internals.LlamaBatch(n_tokens=2048, embd=0, n_seq_max=1, verbose=False)
-    prompt = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n".encode()
-    tokens = model.tokenize(prompt, add_bos=False, special=True)
     runs = []
-    for _ in range(args.runs):
+    for run in range(args.runs):
+        prompt = f"<|im_start|>user\n{cold_prompt(run)}<|im_end|>\n<|im_start|>assistant\n"
+        tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx.ctx), True)
         sampler = internals.LlamaSampler()
         sampler.add_greedy()
