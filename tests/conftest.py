@@ -43,6 +43,25 @@ def user(*parts) -> dict:
     return {"role": "user", "content": content}
 
 
+def generate(engine, req, cancel_after: int | None = None):
+    """Run one parsed request through the engine directly: (text, Finished)."""
+    from vlserve.engine import Delta, Finished
+    from vlserve.images import ImageLimits, decode_data_url
+    prompt = engine.prepare(req, [decode_data_url(p.url, ImageLimits()) for p in req.image_parts])
+    deltas: list[str] = []
+    try:
+        for ev in engine.generate(prompt, req.params,
+                                  lambda: cancel_after is not None and len(deltas) >= cancel_after):
+            if isinstance(ev, Delta):
+                deltas.append(ev.text)
+            else:
+                assert isinstance(ev, Finished)
+                return "".join(deltas), ev
+    finally:
+        prompt.close()
+    raise AssertionError("the engine ended without a Finished event")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> tuple[str, str]:
     model, mmproj = make_model(tmp_path_factory.mktemp("tiny"))

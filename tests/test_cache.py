@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import N_CTX, data_url
-from vlserve.engine import Delta, Finished
-from vlserve.images import ImageLimits, decode_data_url
+from conftest import generate as run
 from vlserve.kvcache import ImageUnit, KVRecord, plan_reuse
 from vlserve.protocol import parse_chat_request
 
@@ -68,21 +67,6 @@ def conversation(*turns, max_tokens=12):
             messages.append({"role": role, "content": content})
     return parse_chat_request({"messages": messages, "temperature": 0, "max_tokens": max_tokens},
                               max_tokens_cap=N_CTX)
-
-
-def run(engine, req):
-    images = [decode_data_url(p.url, ImageLimits()) for p in req.image_parts]
-    prompt = engine.prepare(req, images)
-    text = []
-    try:
-        for ev in engine.generate(prompt, req.params, lambda: False):
-            if isinstance(ev, Delta):
-                text.append(ev.text)
-            else:
-                assert isinstance(ev, Finished)
-                return "".join(text), ev
-    finally:
-        prompt.close()
 
 
 def reset(engine):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import N_CTX, data_url
-from vlserve.engine import Delta, Finished
+from conftest import generate as run
 from vlserve.errors import ContextLengthError
 from vlserve.images import ImageLimits, decode_data_url
 from vlserve.protocol import parse_chat_request
@@ -20,21 +20,6 @@ def request(*parts, **params):
 
 def images_of(req):
     return [decode_data_url(p.url, ImageLimits()) for p in req.image_parts]
-
-
-def run(engine, req, cancel_after: int | None = None):
-    prompt = engine.prepare(req, images_of(req))
-    deltas = []
-    try:
-        for ev in engine.generate(prompt, req.params,
-                                  lambda: cancel_after is not None and len(deltas) >= cancel_after):
-            if isinstance(ev, Delta):
-                deltas.append(ev.text)
-            else:
-                assert isinstance(ev, Finished)
-                return "".join(deltas), ev
-    finally:
-        prompt.close()
 
 
 def test_image_adds_exactly_its_tokens_to_the_prompt(engine):
