@@ -94,6 +94,10 @@ def test_models_and_health(client):
     assert health.status_code == 200
     h = health.get_json()
     assert h["status"] == "ok" and h["queue_depth"] == 0 and h["n_ctx"] == N_CTX
+    client.post(CHAT, json={"messages": [user(("img", data_url(40, 40)), "hi")], "max_tokens": 2})
+    cache = client.get("/health").get_json()["cache"]
+    assert 0 < cache["kv_tokens"] <= N_CTX and cache["image_embeddings"] >= 1
+    assert 0 < cache["image_embedding_bytes"] <= cache["image_embedding_capacity"]
 
 
 def test_health_is_503_with_a_reason_until_the_model_is_ready(settings, engine):

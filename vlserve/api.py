@@ -50,7 +50,8 @@ def health():
             "model": model_id(), "queue_depth": worker.depth, "busy": worker.busy,
             "served": dict(worker.stats)}
     if worker.state == "ready":
-        body.update(warmup_seconds=worker.warmup_seconds, **worker.engine.info)
+        body.update(warmup_seconds=worker.warmup_seconds, **worker.engine.info,
+                    cache=worker.engine.cache_stats())
         return jsonify(body)
     body["reason"] = worker.reason
     response = jsonify(body)

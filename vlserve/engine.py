@@ -93,6 +93,7 @@ class Engine(Protocol):
                      images: Mapping[ImagePart, PreparedImage]) -> int: ...
     def generate(self, prompt: Prompt, params: SamplingParams,
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]: ...
+    def cache_stats(self) -> dict: ...
     def close(self) -> None: ...
 
 
@@ -398,6 +399,13 @@ class LlamaEngine:
     def _kv_piece(self, i: int) -> bytes:
         piece = self._kv.pieces.get(i)
         return piece if piece is not None else self._piece(self._kv.units[i], special=True)
+
+    def cache_stats(self) -> dict:
+        """For /health (read from HTTP threads; each number is read in one step)."""
+        return {"kv_tokens": self._kv_tokens(), "n_ctx": self.n_ctx,
+                "image_embeddings": len(self._embeddings),
+                "image_embedding_bytes": int(self._embeddings.currsize),
+                "image_embedding_capacity": int(self._embeddings.maxsize)}
 
     def _kv_tokens(self) -> int:
         return n_tokens(self._kv.units)
