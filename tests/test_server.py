@@ -149,8 +149,8 @@ def test_disconnect_while_queued_never_runs(live_server):
     running.close()
     assert wait_idle(live_server) < 5.0
     served = health(live_server)["served"]
-    # only the running one ended (cancelled); the queued one never reached the engine
-    assert served.get("cancelled", 0) == before.get("cancelled", 0) + 1
+    # only the running one ended (cancelled, or finished on a fast machine); the queued one
+    # never reached the engine
     assert finishes(served) == finishes(before) + 1
     time.sleep(0.2)
     lines = [line for line in live_server.log().splitlines() if "chat/completions" in line]
