@@ -41,6 +41,11 @@ class _Gunicorn(BaseApplication):
             "proc_name": "vlserve",
         }.items():
             self.cfg.set(key, value)
+        # gunicorn >= 25.1 opens a control socket at one fixed per-user path: two vlserve
+        # instances would fight over it, and its "add workers" command would load the model
+        # a second time. vlserve has exactly one worker.
+        if "control_socket_disable" in self.cfg.settings:
+            self.cfg.set("control_socket_disable", True)
 
     def load(self):
         from .app import create_app
