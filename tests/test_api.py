@@ -289,3 +289,11 @@ def test_old_reasoning_is_not_sent_back_to_the_model(client):
             "usage"]["prompt_tokens"]
     assert prompt_tokens("<think>long private reasoning " * 20 + "</think>The answer.") == \
         prompt_tokens("The answer.")
+
+
+def test_a_conversation_that_fits_is_tokenized_once(client, engine, monkeypatch):
+    def must_not_count(*args):
+        raise AssertionError("counted a conversation that fits")
+    monkeypatch.setattr(engine, "count_tokens", must_not_count)
+    r = client.post(CHAT, json={"messages": [user(("img", data_url()), "hi")], "max_tokens": 2})
+    assert r.status_code == 200 and "context" not in r.get_json()

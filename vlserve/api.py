@@ -13,9 +13,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 from werkzeug.exceptions import BadRequest
 
 from .app import log_line
-from .engine import Delta, Finished
-from .errors import APIError, ContextLengthError, InvalidRequestError, NotFoundError
+from .engine import Delta, Finished, Prompt
 from .context import Fit, fit_messages, strip_thinking
+from .errors import APIError, ContextLengthError, InvalidRequestError, NotFoundError
 from .images import PreparedImage, decode_data_url, limits_for_detail
 from .protocol import (ChatRequest, ImagePart, chunk, completion, new_completion_id,
                        parse_chat_request, usage_dict)
@@ -93,8 +93,7 @@ def chat_completions():
     _worker().check_room()
     images = _decode_images(req, settings)
     g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images.values()))
-    req, fit = _fit(req, engine, images)
-    prompt = engine.prepare(req, [images[p] for p in req.image_parts])
+    req, prompt, fit = _prepare(req, engine, images)
     g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
     job = _worker().submit(prompt, req.params)
     reply = Reply(new_completion_id(), model_id(), prompt.image_tokens, _dropped(fit))
@@ -118,9 +117,8 @@ class Reply:
     dropped: dict | None       # what context fitting removed, or None
 
     def usage(self, event: Finished) -> dict:
-        usage = usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
-        usage["prompt_tokens_details"]["image_tokens"] = self.image_tokens
-        return usage
+        return usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
+                          self.image_tokens)
 
     def headers(self) -> dict:
         if not self.dropped:
@@ -129,7 +127,7 @@ class Reply:
                 .format(**self.dropped)}
 
     def extra(self, event: Finished) -> dict:
-        extra = {"timings": event.timings}
+        extra = {"timings": dict(event.timings)}  # a copy: the stream adds ttft_ms to it
         if self.dropped:
             extra["context"] = self.dropped
         return extra
@@ -152,22 +150,37 @@ def _decode_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]
             for p in parts}
 
 
-def _fit(req: ChatRequest, engine, images) -> tuple[ChatRequest, Fit]:
-    """Old reasoning out, then the conversation fitted into the context, leaving room for
-    the answer. A last message that cannot fit is refused here, before any image work."""
+def _prepare(req: ChatRequest, engine, images) -> tuple[ChatRequest, Prompt, Fit | None]:
+    """Old reasoning out, then tokenize. Only a conversation that leaves too little room
+    for the answer is fitted (and tokenized again): the common case tokenizes once."""
+    req = dataclasses.replace(req, messages=strip_thinking(req.messages))
     reserve = req.params.max_tokens or min(DEFAULT_RESERVE, engine.n_ctx // 4)
     try:
-        fit = fit_messages(strip_thinking(req.messages), budget=engine.n_ctx - reserve,
-                           count_tokens=lambda msgs: engine.count_tokens(msgs, images))
+        prompt = engine.prepare(req, [images[p] for p in req.image_parts])
+        if prompt.n_tokens + reserve <= engine.n_ctx:
+            return req, prompt, None
+        prompt.close()
+    except ContextLengthError:
+        pass  # too long even for its max_tokens: fitting decides what goes, or refuses
+    fit = _fit(req, engine, images, reserve)
+    req = dataclasses.replace(req, messages=fit.messages)
+    return req, engine.prepare(req, [images[p] for p in req.image_parts]), fit
+
+
+def _fit(req: ChatRequest, engine, images, reserve: int) -> Fit:
+    """The conversation fitted into the context, leaving `reserve` tokens for the answer.
+    A last message that cannot fit is refused here, before any image is encoded."""
+    try:
+        return fit_messages(req.messages, budget=engine.n_ctx - reserve,
+                            count_tokens=lambda msgs: engine.count_tokens(msgs, images))
     except ContextLengthError as exc:
         raise ContextLengthError(
             f"{exc.message}: the context is {engine.n_ctx} tokens and {reserve} of them are "
             "kept for the answer (max_tokens)", param=exc.param) from None
-    return dataclasses.replace(req, messages=fit.messages), fit
 
 
-def _dropped(fit: Fit) -> dict | None:
-    if not fit.changed:
+def _dropped(fit: Fit | None) -> dict | None:
+    if fit is None or not fit.changed:
         return None
     return {"dropped_images": fit.dropped_images, "dropped_messages": fit.dropped_messages}
 
@@ -205,14 +218,11 @@ def _collect(job: Job, reply: Reply) -> Response:
                 text.append(event.text)
             elif isinstance(event, APIError):
                 raise event
-            elif isinstance(event, Finished):
-                _log_finish(event)
-                return jsonify(completion(reply.cid, reply.model, "".join(text),
-                                          event.finish_reason, reply.usage(event),
-                                          reply.extra(event)))
     finally:
         job.cancel()
-    raise InvalidRequestError("unreachable")  # pragma: no cover
+    _log_finish(event)  # _events ends on Finished unless it raised above
+    return jsonify(completion(reply.cid, reply.model, "".join(text), event.finish_reason,
+                              reply.usage(event), reply.extra(event)))
 
 
 def _log_finish(event: Finished) -> None:

@@ -197,10 +197,12 @@ def new_completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+               image_tokens: int = 0) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": cached_tokens,
+                                      "image_tokens": image_tokens}}
 
 
 def chunk(cid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
