@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from vlserve.errors import ImageError, InvalidRequestError, PayloadTooLargeError
-from vlserve.images import ImageLimits, PreparedImage, decode_data_url, prepare_image
+from vlserve.images import (ImageCache, ImageLimits, PreparedImage, decode_data_url,
+                            prepare_image)
 
 LIMITS = ImageLimits()
 RED, BLUE, WHITE, BLACK = (255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -378,3 +379,34 @@ def test_sha256_is_of_prepared_pixels_not_file_bytes():
 def test_repr_never_contains_pixels():
     img = prepare_image(PNG_BYTES, LIMITS)
     assert "rgb" not in repr(img) and len(repr(img)) < 300
+
+
+# ---- ImageCache ---------------------------------------------------------------------------------
+
+def test_image_cache_decodes_a_resent_image_once(monkeypatch):
+    from vlserve import images
+    calls = []
+    real = images.decode_data_url
+    monkeypatch.setattr(images, "decode_data_url", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = images.ImageCache(10 * 1024 * 1024)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 8, 7)).save(buf, "PNG")
+    url = data_url(buf.getvalue())
+    first = cache.decode(url, ImageLimits())
+    assert cache.decode(url, ImageLimits()) is first and len(calls) == 1
+    small = ImageLimits(max_long_side=20, max_short_side=20)
+    assert cache.decode(url, small).width == 20 and len(calls) == 2   # other limits: a miss
+    assert len(cache) == 2
+
+
+def test_image_cache_of_zero_bytes_keeps_nothing_and_errors_are_not_kept():
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    off = ImageCache(0)
+    off.decode(data_url(buf.getvalue()), ImageLimits())
+    assert len(off) == 0
+    cache = ImageCache(1024 * 1024)
+    for _ in range(2):
+        with pytest.raises(ImageError):
+            cache.decode(data_url(b"not an image"), ImageLimits())
+    assert len(cache) == 0

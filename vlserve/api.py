@@ -16,7 +16,7 @@ from .app import log_line
 from .engine import Delta, Finished, Prompt
 from .context import Fit, fit_messages, strip_thinking
 from .errors import APIError, ContextLengthError, InvalidRequestError, NotFoundError
-from .images import PreparedImage, decode_data_url, limits_for_detail
+from .images import PreparedImage, limits_for_detail
 from .protocol import (ChatRequest, ImagePart, chunk, completion, new_completion_id,
                        parse_chat_request, usage_dict)
 from .worker import Job, Worker
@@ -146,7 +146,8 @@ def _decode_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]
     if len(parts) > limits.max_images:
         raise InvalidRequestError(f"too many images: {len(parts)} sent, at most "
                                   f"{limits.max_images} per request", param="messages")
-    return {p: decode_data_url(p.url, limits_for_detail(limits, p.detail), param="messages")
+    cache = _state()["images"]
+    return {p: cache.decode(p.url, limits_for_detail(limits, p.detail), param="messages")
             for p in parts}
 
 

@@ -13,6 +13,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .config import Settings
+from .images import ImageCache
 from .errors import (APIError, InternalError, InvalidRequestError, MethodNotAllowedError,
                      NotFoundError, PayloadTooLargeError)
 from .worker import Worker
@@ -36,7 +37,9 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
         load = lambda: engine  # noqa: E731
     worker = Worker(load, queue_size=settings.queue_size,
                     request_timeout=settings.request_timeout, warmup=settings.warmup)
-    app.extensions["vlserve"] = {"settings": settings, "worker": worker}
+    app.extensions["vlserve"] = {
+        "settings": settings, "worker": worker,
+        "images": ImageCache(settings.decoded_image_cache_mb * 1024 * 1024)}
     app.register_blueprint(api.bp)
     _register_errors(app)
     _register_logging(app)

@@ -59,7 +59,8 @@ def main():
 @option("--image-max-tokens", type=click.IntRange(0), default=0,
         help="Maximum tokens per image (0 = projector default).")
 @option("--image-cache-mb", type=click.IntRange(0), default=512,
-        help="Memory for recent image embeddings, so an image already seen is not encoded again.")
+        help="Memory for recent image embeddings, so an image already seen is not encoded "
+             "again (0 = off).")
 @option("--no-repack", is_flag=True,
         help="Disable CPU weight repacking (needed for quantized models on some virtual CPUs).")
 @option("--no-warmup", is_flag=True, help="Skip the warm-up requests at start.")
@@ -80,6 +81,9 @@ def main():
         help="Images are resized so their long side is at most this.")
 @option("--image-max-short-side", type=click.IntRange(16), default=768,
         help="…and their short side at most this.")
+@option("--decoded-image-cache-mb", type=click.IntRange(0), default=128,
+        help="Memory for decoded uploads, so images a client resends each turn are not "
+             "decoded again (0 = off).")
 @option("--max-tokens-cap", type=click.IntRange(0), default=0,
         help="Largest max_tokens a client may ask for (0 = the context size).")
 @option("--http-threads", type=click.IntRange(1), default=16,

@@ -48,6 +48,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_tokens_cap: int = 0           # 0 = the context size
     images: ImageLimits = field(default_factory=ImageLimits)
+    decoded_image_cache_mb: int = 128  # prepared uploads, so resent images are not decoded again
     log_level: str = "info"
 
     @property
