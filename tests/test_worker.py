@@ -104,6 +104,7 @@ def test_deadline_becomes_a_timeout_error():
     worker = make_worker(engine, request_timeout=0.3)
     events = drain(worker.submit(engine.prompt(), SamplingParams()))
     assert isinstance(events[-1], TimeoutError_) and events[-1].status == 504
+    assert worker.stats["timeout"] == 1 and worker.stats["cancelled"] == 0
     worker.stop()
 
 

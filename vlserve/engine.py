@@ -57,7 +57,7 @@ class Delta:
 
 @dataclass(frozen=True)
 class Finished:
-    finish_reason: str          # stop | length | cancelled | timeout
+    finish_reason: str          # stop | length | cancelled (the worker tells timeouts apart)
     prompt_tokens: int
     completion_tokens: int
     timings: dict = field(default_factory=dict)

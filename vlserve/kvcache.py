@@ -68,7 +68,8 @@ def plan_reuse(cached: list[Unit], cached_piece: Pieces, new: list[Unit],
     if not new:
         return 0, 0
     i = _common_prefix(cached, new)
-    best = (i, i) if i < len(new) else _back_off(new, i)
+    # All of `new` cached: evaluate its last unit again (a prompt always ends in text).
+    best = (i, i) if i < len(new) else (i - 1, i - 1)
     for keep, skip in _text_continuations(cached, cached_piece, new, new_piece, i):
         if skip < len(new) and skip > best[1]:
             best = (keep, skip)
@@ -81,13 +82,6 @@ def _common_prefix(a: list[Unit], b: list[Unit]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _back_off(new: list[Unit], i: int) -> tuple[int, int]:
-    """Everything matched: step back so the last text token is evaluated again (an image
-    at the end, never produced by a chat template, is evaluated again whole)."""
-    j = i - 1
-    return j, j
 
 
 def _text_continuations(cached, cached_piece: Pieces, new, new_piece: Pieces, i: int):

@@ -73,7 +73,8 @@ class Worker:
         self.busy = False
         # Served-request counters for /health: finish reasons and tokens generated.
         # Keys fixed up front so /health can copy the dict while this thread updates it.
-        self.stats = dict.fromkeys(("stop", "length", "cancelled", "tokens_generated"), 0)
+        self.stats = dict.fromkeys(
+            ("stop", "length", "cancelled", "timeout", "tokens_generated"), 0)
         self._thread = threading.Thread(target=self._run, name="vlserve-engine", daemon=True)
 
     def start(self) -> "Worker":
@@ -161,20 +162,24 @@ class Worker:
         stop = lambda: job.cancelled or job.expired  # noqa: E731
         try:
             for event in self.engine.generate(job.prompt, job.params, stop):
-                if isinstance(event, Finished) and event.finish_reason == "cancelled" \
-                        and job.expired and not job.cancelled:
-                    job.put(TimeoutError_(
-                        f"the request exceeded the {self.request_timeout:g}s timeout"))
-                    return
                 if isinstance(event, Finished):
-                    self.stats[event.finish_reason] += 1
-                    self.stats["tokens_generated"] += event.completion_tokens
+                    event = self._count(job, event)
                 job.put(event)
         except APIError as exc:
             job.put(exc)
         except Exception as exc:
             log.exception("generation failed")
             job.put(InternalError(f"generation failed: {type(exc).__name__}"))
+
+
+    def _count(self, job: Job, event: Finished) -> Finished | TimeoutError_:
+        """Tally a finished job; one stopped by its deadline, not its client, is a timeout."""
+        timed_out = event.finish_reason == "cancelled" and job.expired and not job.cancelled
+        self.stats["timeout" if timed_out else event.finish_reason] += 1
+        self.stats["tokens_generated"] += event.completion_tokens
+        if timed_out:
+            return TimeoutError_(f"the request exceeded the {self.request_timeout:g}s timeout")
+        return event
 
 
 def warm_up(engine: Engine) -> None:
