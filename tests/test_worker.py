@@ -23,8 +23,7 @@ class FakeEngine:
         self.ran: list[str] = []
 
     def prompt(self, name="p") -> Prompt:
-        return Prompt(units=[name], images={}, n_tokens=3, n_images=0, image_tokens=0,
-                      max_new_tokens=99)
+        return Prompt(units=[name], images={}, n_tokens=3, max_new_tokens=99)
 
     def generate(self, prompt, params, cancelled):
         self.ran.append(prompt.units[0])

@@ -70,11 +70,17 @@ class Prompt:
     units: list[Unit]           # text token ids and images, in order
     images: dict[int, object]   # unit index -> mtmd image chunk (valid until close)
     n_tokens: int               # every token that occupies the context, image tokens included
-    n_images: int
-    image_tokens: int
     max_new_tokens: int
     _chunks: object = None
     _free: Callable[[object], None] | None = None
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_tokens(self) -> int:
+        return sum(self.units[i].n_tokens for i in self.images)
 
     def close(self) -> None:
         if self._free and self._chunks:
@@ -299,9 +305,7 @@ class LlamaEngine:
         if not units or isinstance(units[-1], ImageUnit):
             mtmd_cpp.mtmd_input_chunks_free(chunks)
             raise InvalidRequestError("the prompt must end with text after its last image")
-        image_tokens = sum(units[k].n_tokens for k in images)
-        return Prompt(units=units, images=images, n_tokens=n_tokens(units),
-                      n_images=len(images), image_tokens=image_tokens, max_new_tokens=0,
+        return Prompt(units=units, images=images, n_tokens=n_tokens(units), max_new_tokens=0,
                       _chunks=chunks, _free=mtmd_cpp.mtmd_input_chunks_free)
 
     def _budget(self, n_prompt: int, max_tokens: int | None) -> int:
