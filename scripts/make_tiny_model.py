@@ -6,7 +6,7 @@ projector with deepstack layers, byte-level BPE vocab with the Qwen special toke
 ChatML template), so llama.cpp runs its real code paths on them; only the weights are
 random.  Generated text is gibberish, but always printable ASCII (see `output_head`).
 
-    python scripts/make_tiny_model.py [--out-dir models/tiny] [--preset tiny|bench]
+    python scripts/make_tiny_model.py [--out-dir models/tiny] [--preset tiny|small|bench] [--thinking]
                                       [--quant f32|f16|q8_0|q4_0] [--seed 0]
 
 Presets: `tiny` (default) is as small as llama.cpp accepts and generates in well under a
@@ -79,6 +79,13 @@ PRESETS = {
         VisionDims(n_embd=32, n_layer=3, n_head=2, n_ff=64, deepstack_layers=(0, 1), pos_grid=8),
         quant="f32",  # exact weights; at this size quantizing saves nothing
     ),
+    # A few tens of MB: big enough that a leaked copy per model switch shows in RSS.
+    "small": Preset(
+        TextDims(n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, n_ctx=8192,
+                 rope_sections=(12, 10, 10, 0), n_vocab=32768),
+        VisionDims(n_embd=64, n_layer=3, n_head=2, n_ff=128, deepstack_layers=(0, 1), pos_grid=8),
+        quant="f32",
+    ),
     # Qwen3-VL-2B-Instruct's text and vision dimensions; context length kept modest so that
     # loading with n_ctx=0 (= the model's) does not allocate a 262k-token KV cache.
     "bench": Preset(
@@ -146,6 +153,11 @@ CHAT_TEMPLATE = """\
 {%- endif -%}
 """
 
+# Qwen3-VL *Thinking* models open the reasoning block in the generation prompt, so their
+# output starts inside it and carries only the closing tag.
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace("'<|im_start|>assistant\\n'",
+                                          "'<|im_start|>assistant\\n<think>\\n'")
+
 
 def byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map used in byte-level BPE vocabularies."""
@@ -195,7 +207,7 @@ def build_vocab(n_vocab: int | None) -> Vocab:
     return Vocab(tokens, [int(t) for t in types], merges, np.array(printable))
 
 
-def add_tokenizer(w: gguf.GGUFWriter, vocab: Vocab) -> None:
+def add_tokenizer(w: gguf.GGUFWriter, vocab: Vocab, thinking: bool = False) -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(vocab.tokens)
@@ -207,7 +219,7 @@ def add_tokenizer(w: gguf.GGUFWriter, vocab: Vocab) -> None:
     w.add_eot_token_id(vocab.id("<|im_end|>"))
     w.add_pad_token_id(vocab.id("<|endoftext|>"))
     w.add_add_bos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_chat_template(THINKING_TEMPLATE if thinking else CHAT_TEMPLATE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +359,8 @@ def text_tensors(d: TextDims, vocab: Vocab, qtype: gguf.GGMLQuantizationType) ->
     return tensors
 
 
-def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, seed: int) -> None:
+def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, seed: int,
+                     thinking: bool = False) -> None:
     vocab = build_vocab(d.n_vocab)
     w = gguf.GGUFWriter(None, "qwen3vl")
     w.add_type(gguf.GGUFType.MODEL)
@@ -367,7 +380,7 @@ def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, se
     w.add_num_deepstack_layers(len(vision.deepstack_layers))
     w.add_file_type(FILE_TYPES[quant])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tokenizer(w, vocab)
+    add_tokenizer(w, vocab, thinking)
     write_gguf(path, w, text_tensors(d, vocab, QUANT_TYPES[quant]), [seed, 0])
 
 
@@ -449,8 +462,9 @@ def write_mmproj(path: Path, v: VisionDims, n_out: int, quant: str, seed: int) -
 
 
 def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | None = None,
-               seed: int = 0) -> tuple[Path, Path]:
-    """Write `<out_dir>/qwen3vl-<preset>-<quant>.gguf` and its mmproj; return both paths."""
+               seed: int = 0, thinking: bool = False) -> tuple[Path, Path]:
+    """Write `<out_dir>/qwen3vl-<preset>[-thinking]-<quant>.gguf` and its mmproj; return both
+    paths. `thinking` gives it a Thinking model's template (the prompt opens `<think>`)."""
     spec = PRESETS[preset]
     quant = quant or spec.quant
     # llama.cpp adds deepstack features after each of the first n layers, and fails an assert
@@ -458,9 +472,10 @@ def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | No
     assert len(spec.vision.deepstack_layers) < spec.text.n_layer
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = out / f"qwen3vl-{preset}-{quant}.gguf"
-    mmproj = out / f"mmproj-qwen3vl-{preset}-{mmproj_quant(quant)}.gguf"
-    write_text_model(model, spec.text, spec.vision, quant, seed)
+    name = f"qwen3vl-{preset}-thinking" if thinking else f"qwen3vl-{preset}"
+    model = out / f"{name}-{quant}.gguf"
+    mmproj = out / f"mmproj-{name}-{mmproj_quant(quant)}.gguf"
+    write_text_model(model, spec.text, spec.vision, quant, seed, thinking)
     write_mmproj(mmproj, spec.vision, spec.text.n_embd, mmproj_quant(quant), seed)
     return model, mmproj
 
@@ -472,8 +487,9 @@ def main() -> None:
     ap.add_argument("--quant", choices=list(QUANT_TYPES),
                     help="text weight type (default: f32 for tiny, q4_0 for bench)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--thinking", action="store_true", help="a Thinking model's chat template")
     args = ap.parse_args()
-    for path in make_model(args.out_dir, args.preset, args.quant, args.seed):
+    for path in make_model(args.out_dir, args.preset, args.quant, args.seed, args.thinking):
         print(path)
 
 
