@@ -69,10 +69,11 @@ def tiny_model(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def settings(tiny_model) -> Settings:
+def settings(tiny_model, tmp_path_factory) -> Settings:
     model, mmproj = tiny_model
     return Settings(model=model, mmproj=mmproj, model_alias="tiny", n_ctx=N_CTX, threads=2,
-                    warmup=False, queue_size=4, request_timeout=60)
+                    warmup=False, queue_size=4, request_timeout=60,
+                    models_dir=str(tmp_path_factory.mktemp("no-models")))
 
 
 @pytest.fixture(scope="session")
@@ -118,9 +119,12 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         model, mmproj = tiny_model
+        models_dir = log_path.parent / "models"  # empty unless a test puts models there
+        models_dir.mkdir(exist_ok=True)
         cmd = [sys.executable, str(ROOT / "server.py"), "serve", "--model", model,
                "--mmproj", mmproj, "--port", str(self.port), "--threads", "2",
-               "--ctx-size", str(LIVE_CTX), "--alias", "tiny", *extra]
+               "--ctx-size", str(LIVE_CTX), "--alias", "tiny", "--models-dir",
+               str(models_dir), *extra]
         self.log_path = log_path
         self._log = open(log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

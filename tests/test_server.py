@@ -193,9 +193,11 @@ def test_server_py_and_console_script_are_the_same_command():
         assert flag in a.stdout
 
 
-def test_half_a_model_pair_is_a_usage_error():
+def test_a_missing_model_file_or_half_a_pair_is_a_clear_error():
     r = run_cli(sys.executable, "server.py", "serve", "--model", "x.gguf")
-    assert r.returncode == 2 and "--mmproj" in r.stderr
+    assert r.returncode == 1 and "model file not found: x.gguf" in r.stderr
+    r = run_cli(sys.executable, "server.py", "serve", "--mmproj", "p.gguf")
+    assert r.returncode == 1 and "--mmproj needs --model" in r.stderr
 
 
 def test_every_option_reads_its_vlserve_environment_variable(monkeypatch, tiny_model):
@@ -208,9 +210,9 @@ def test_every_option_reads_its_vlserve_environment_variable(monkeypatch, tiny_m
     assert (s.port, s.repack, s.images.max_images, s.host) == (9123, False, 3, "127.0.0.1")
 
 
-def test_no_model_serves_the_generated_demo_model():
+def test_demo_serves_the_generated_demo_model():
     from vlserve.cli import DEMO_DIR, serve, settings_from_options
-    s = settings_from_options(dict(serve.make_context("serve", []).params))
+    s = settings_from_options(dict(serve.make_context("serve", ["--demo"]).params))
     assert s.demo and s.model_id == "vlserve-demo-tiny"
     assert Path(s.model).parent == DEMO_DIR and Path(s.mmproj).is_file()
 

@@ -52,7 +52,7 @@ def drain(job, timeout=10):
 
 
 def make_worker(engine, **kw) -> Worker:
-    worker = Worker(lambda: engine, queue_size=kw.pop("queue_size", 2),
+    worker = Worker(lambda *_: engine, queue_size=kw.pop("queue_size", 2),
                     request_timeout=kw.pop("request_timeout", 30), warmup=False).start()
     assert worker.wait_ready(5)
     return worker
@@ -118,10 +118,110 @@ def test_engine_exception_travels_back_and_worker_survives():
 
 
 def test_failed_load_is_reported_not_raised():
-    def broken():
+    def broken(*_):
         raise ValueError("no such file: x.gguf")
     worker = Worker(broken, queue_size=1, request_timeout=5).start()
     assert not worker.wait_ready(5)
     assert worker.state == "failed" and "x.gguf" in worker.reason
     with pytest.raises(ServiceUnavailableError):
         worker.require_ready()
+
+
+class Models:
+    """A loader over named fake engines; a name in `broken` fails to load."""
+
+    def __init__(self, *names, broken=()):
+        self.engines = {n: FakeEngine(tokens=3) for n in names}
+        for name, engine in self.engines.items():
+            engine.model_id = name
+        self.broken, self.loads, self.closed = set(broken), [], []
+        for engine in self.engines.values():
+            engine.close = lambda e=engine: self.closed.append(e.model_id)
+
+    def __call__(self, name, progress):
+        self.loads.append(name)
+        progress(0.5)
+        if name in self.broken:
+            raise RuntimeError(f"cannot load {name}")
+        return self.engines[name]
+
+
+def prepare_for(name):
+    """A job's prepare(): its prompt says which engine it was prepared for."""
+    return lambda engine: Prompt(units=[f"{name}@{engine.model_id}"], images={}, n_tokens=3,
+                                 max_new_tokens=9)
+
+
+def test_switch_waits_for_queued_jobs_and_reprepares_stale_prompts():
+    models = Models("a", "b")
+    models.engines["a"].delay = 0.05
+    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
+    assert worker.wait_ready(5)
+    first = worker.submit(prepare_for("j1")(models.engines["a"]), SamplingParams(),
+                          prepare=prepare_for("j1"))
+    switch = worker.switch("b")
+    # prepared for "a" while "a" was loaded, but queued behind the switch: prepared again
+    stale = worker.submit(prepare_for("j2")(models.engines["a"]), SamplingParams(),
+                          prepare=prepare_for("j2"), engine=models.engines["a"])
+    worker.check_accepting()            # accepting while the switch is pending
+    assert isinstance(drain(first)[-1], Finished) and isinstance(drain(stale)[-1], Finished)
+    assert switch.done.wait(5) and switch.error is None
+    assert models.engines["a"].ran == ["j1@a"] and models.engines["b"].ran == ["j2@b"]
+    assert models.closed == ["a"] and worker.model == "b" and worker.state == "ready"
+    worker.stop()
+
+
+def test_a_job_naming_another_model_loads_it_first():
+    models = Models("a", "b")
+    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
+    assert worker.wait_ready(5)
+    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"), model="b")
+    assert isinstance(drain(job)[-1], Finished)
+    assert models.loads == ["a", "b"] and models.engines["b"].ran == ["j@b"]
+    worker.stop()
+
+
+def test_failed_switch_reloads_the_previous_model_and_says_so():
+    models = Models("a", "b", broken={"b"})
+    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
+    assert worker.wait_ready(5)
+    events = worker.events.subscribe()
+    switch = worker.switch("b")
+    assert switch.done.wait(5)
+    assert switch.error.code == "model_load_failed" and "a is loaded again" in switch.error.message
+    assert models.loads == ["a", "b", "a"] and worker.model == "a" and worker.state == "ready"
+    assert worker.stats["model_load_failures"] == 1
+    seen = []
+    while not events.empty():
+        seen.append(events.get_nowait())
+    assert "rolled_back" in {e["type"] for e in seen}
+    assert any(e["type"] == "progress" for e in seen)
+    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"))
+    assert isinstance(drain(job)[-1], Finished)
+    worker.stop()
+
+
+def test_a_job_for_a_model_that_cannot_load_gets_the_error_not_a_hang():
+    models = Models("a", "b", broken={"b"})
+    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
+    assert worker.wait_ready(5)
+    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"), model="b")
+    err = drain(job)[-1]
+    assert err.status == 500 and "cannot load b" in err.message and worker.model == "a"
+    worker.stop()
+
+
+def test_idle_unload_then_reload_on_demand():
+    models = Models("a")
+    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a",
+                    keep_alive=0.2).start()
+    assert worker.wait_ready(5)
+    deadline = time.monotonic() + 5
+    while worker.state != "unloaded":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert models.closed == ["a"] and worker.engine is None
+    worker.check_accepting()
+    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"))
+    assert isinstance(drain(job)[-1], Finished) and models.loads == ["a", "a"]
+    worker.stop()

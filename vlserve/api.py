@@ -17,8 +17,10 @@ from .engine import Delta, Finished, Prompt
 from .context import Fit, fit_messages, strip_thinking
 from .errors import APIError, ContextLengthError, InvalidRequestError, NotFoundError
 from .images import PreparedImage, limits_for_detail
+from .library import Library, LocalModel
 from .protocol import (ChatRequest, ImagePart, chunk, completion, new_completion_id,
                        parse_chat_request, usage_dict)
+from .reasoning import INLINE_PREFIX, ReasoningSplitter, split_reasoning
 from .worker import Job, Worker
 
 bp = Blueprint("api", __name__)
@@ -37,8 +39,12 @@ def _worker() -> Worker:
     return _state()["worker"]
 
 
+def _library() -> Library:
+    return _state()["library"]
+
+
 def model_id() -> str:
-    return _state()["settings"].model_id
+    return _worker().model or _state()["settings"].model_id
 
 
 # ---- /health and /v1/models ----------------------------------------------------------------
@@ -49,54 +55,85 @@ def health():
     body = {"status": "ok" if worker.state == "ready" else worker.state,
             "model": model_id(), "queue_depth": worker.depth, "busy": worker.busy,
             "served": dict(worker.stats)}
-    if worker.state == "ready":
-        body.update(warmup_seconds=worker.warmup_seconds, **worker.engine.info,
-                    cache=worker.engine.cache_stats())
+    engine = worker.engine
+    if worker.state == "ready" and engine is not None:
+        body.update(warmup_seconds=worker.warmup_seconds, **engine.info,
+                    cache=engine.cache_stats())
         return jsonify(body)
     body["reason"] = worker.reason
+    if worker.state == "unloaded":   # idle: healthy, the next request loads the model
+        return jsonify(body)
     response = jsonify(body)
     response.status_code = 503
     response.headers["Retry-After"] = "5"
     return response
 
 
-def _model_card() -> dict:
+def _model_card(model: LocalModel) -> dict:
     worker = _worker()
-    card = {"id": model_id(), "object": "model", "created": _state()["settings"].model_created,
-            "owned_by": "vlserve", "capabilities": {"vision": True, "completion": True},
-            "status": worker.state}
-    if worker.state == "ready":
-        card["meta"] = worker.engine.info
+    loaded = model.id == worker.model
+    card = {"id": model.id, "object": "model", "created": _mtime(model.model),
+            "owned_by": "vlserve",
+            "capabilities": {"vision": True, "completion": True, "thinking": model.thinking},
+            "loaded": loaded, "status": worker.state if loaded else "available",
+            "files": {"model": model.model.name, "mmproj": model.mmproj.name},
+            "size_bytes": _size(model)}
+    if model.entry is not None:
+        card["catalog"] = model.entry.id
+    engine = worker.engine
+    if loaded and worker.state == "ready" and engine is not None:
+        card["meta"] = engine.info
+        # what the loaded template does beats what the file name suggests
+        card["capabilities"]["thinking"] = bool(engine.info.get("thinking", model.thinking))
     return card
+
+
+def _mtime(path) -> int:
+    try:
+        return int(path.stat().st_mtime)
+    except OSError:
+        return 0
+
+
+def _size(model: LocalModel) -> int | None:
+    try:
+        return model.size_bytes
+    except OSError:
+        return None
 
 
 @bp.get("/v1/models")
 def list_models():
-    return jsonify({"object": "list", "data": [_model_card()]})
+    return jsonify({"object": "list", "data": [_model_card(m) for m in _library().models()]})
 
 
 @bp.get("/v1/models/<path:name>")
 def get_model(name: str):
-    if name != model_id():
-        raise NotFoundError(f"model {name!r} is not served here", param="model",
+    model = _library().get(name)
+    if model is None:
+        raise NotFoundError(f"model {name!r} is not on this server", param="model",
                             code="model_not_found")
-    return jsonify(_model_card())
+    return jsonify(_model_card(model))
 
 
 # ---- /v1/chat/completions ---------------------------------------------------------------------
 
 @bp.post("/v1/chat/completions")
 def chat_completions():
-    settings = _state()["settings"]
+    settings, worker = _state()["settings"], _worker()
     req = parse_chat_request(_json_body(), max_tokens_cap=settings.max_tokens_cap or 10**7)
-    engine = _worker().require_ready()
-    _worker().check_room()
+    target = _target_model(req.model, settings)
+    worker.check_accepting()
+    worker.check_room()
     images = _decode_images(req, settings)
     g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images.values()))
-    req, prompt, fit = _prepare(req, engine, images)
-    g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
-    job = _worker().submit(prompt, req.params)
-    reply = Reply(new_completion_id(), model_id(), prompt.image_tokens, _dropped(fit))
+    prep = Preparation(req, images)
+    engine = worker.current_engine(target)
+    prompt = prep(engine) if engine is not None else None  # a bad request fails here, now
+    if prompt is not None:
+        g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
+    job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
+    reply = Reply(new_completion_id(), target or model_id(), prep, req.reasoning_inline)
     if req.stream:
         g.stream_logs_itself = True
         response = Response(stream_with_context(_sse(job, req, reply)),
@@ -108,17 +145,50 @@ def chat_completions():
     return response
 
 
+def _target_model(name: str | None, settings) -> str | None:
+    """The model a request must run on: the one it names when that model is on disk and
+    switching on request is on; otherwise None (whichever is loaded — clients that send a
+    fixed name such as "gpt-4o" keep working)."""
+    if not name or not settings.switch_on_request:
+        return None
+    model = _library().get(name)
+    return model.id if model is not None else None
+
+
+class Preparation:
+    """Tokenizes one request for an engine: on the HTTP thread when its model is loaded,
+    on the engine thread (again) when another model is loaded first. Remembers what the
+    last preparation fitted away and how many image tokens it has."""
+
+    def __init__(self, req: ChatRequest, images: dict[ImagePart, PreparedImage]):
+        self.req, self.images = req, images
+        self.fit: Fit | None = None
+        self.image_tokens = 0
+
+    def __call__(self, engine) -> Prompt:
+        _, prompt, self.fit = _prepare(self.req, engine, self.images)
+        self.image_tokens = prompt.image_tokens
+        return prompt
+
+
 @dataclass(frozen=True)
 class Reply:
     """What every response of one request carries besides the generated text."""
     cid: str
     model: str
-    image_tokens: int
-    dropped: dict | None       # what context fitting removed, or None
+    prep: Preparation
+    reasoning_inline: bool
 
     def usage(self, event: Finished) -> dict:
         return usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
-                          self.image_tokens)
+                          self.prep.image_tokens)
+
+    @property
+    def dropped(self) -> dict | None:
+        fit = self.prep.fit
+        if fit is None or not fit.changed:
+            return None
+        return {"dropped_images": fit.dropped_images, "dropped_messages": fit.dropped_messages}
 
     def headers(self) -> dict:
         if not self.dropped:
@@ -180,12 +250,6 @@ def _fit(req: ChatRequest, engine, images, reserve: int) -> Fit:
             "kept for the answer (max_tokens)", param=exc.param) from None
 
 
-def _dropped(fit: Fit | None) -> dict | None:
-    if fit is None or not fit.changed:
-        return None
-    return {"dropped_images": fit.dropped_images, "dropped_messages": fit.dropped_messages}
-
-
 def _client_gone() -> bool:
     """True when the peer closed its socket (checked while a non-streaming job waits)."""
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
@@ -222,8 +286,45 @@ def _collect(job: Job, reply: Reply) -> Response:
     finally:
         job.cancel()
     _log_finish(event)  # _events ends on Finished unless it raised above
-    return jsonify(completion(reply.cid, reply.model, "".join(text), event.finish_reason,
-                              reply.usage(event), reply.extra(event)))
+    raw, thinking = "".join(text), bool(job.prompt and job.prompt.thinking)
+    if reply.reasoning_inline:
+        reasoning, content = "", (INLINE_PREFIX if thinking else "") + raw
+    else:
+        reasoning, content = split_reasoning(raw, thinking)
+    return jsonify(completion(reply.cid, job_model(job, reply), content, event.finish_reason,
+                              reply.usage(event), reply.extra(event), reasoning))
+
+
+def job_model(job: Job, reply: Reply) -> str:
+    """The id of the model that answered (known once the job ran)."""
+    return getattr(job.engine, "model_id", None) or reply.model
+
+
+class _Deltas:
+    """Raw generated text -> the stream's delta objects: reasoning and answer apart, or
+    the raw text with the template's opening <think> restored (reasoning_format "none")."""
+
+    def __init__(self, job: Job, inline: bool):
+        self._job, self._inline, self._splitter = job, inline, None
+
+    def feed(self, text: str) -> list[dict]:
+        if self._splitter is None:   # the job's prompt is known once its first token came
+            thinking = bool(self._job.prompt and self._job.prompt.thinking)
+            if self._inline:
+                self._splitter = False
+                return [{"content": (INLINE_PREFIX if thinking else "") + text}]
+            self._splitter = ReasoningSplitter(thinking)
+        if self._splitter is False:
+            return [{"content": text}]
+        return self._shape(self._splitter.feed(text))
+
+    def finish(self) -> list[dict]:
+        return self._shape(self._splitter.finish()) if self._splitter else []
+
+    @staticmethod
+    def _shape(pieces) -> list[dict]:
+        return [{"reasoning_content" if kind == "reasoning" else "content": text}
+                for kind, text in pieces]
 
 
 def _log_finish(event: Finished) -> None:
@@ -234,6 +335,7 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
     created = int(time.time())
     cid, name = reply.cid, reply.model
     status, t0, ttft = 200, time.monotonic(), None
+    deltas = _Deltas(job, reply.reasoning_inline)
     try:
         yield _data(chunk(cid, name, created, {"role": "assistant", "content": ""}))
         for event in _events(job):
@@ -245,11 +347,15 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
                 yield ": keep-alive\n\n"   # holds proxies open during long prefills
             elif isinstance(event, Delta):
                 ttft = ttft or time.monotonic() - t0
-                yield _data(chunk(cid, name, created, {"content": event.text}))
+                name = job_model(job, reply)
+                for delta in deltas.feed(event.text):
+                    yield _data(chunk(cid, name, created, delta))
             elif isinstance(event, APIError):
                 status = event.status
                 yield _data(event.to_dict())
             else:
+                for delta in deltas.finish():
+                    yield _data(chunk(cid, name, created, delta))
                 _log_finish(event)
                 final = chunk(cid, name, created, {}, event.finish_reason)
                 final.update(reply.extra(event))

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .config import Settings
+from . import catalog
+from .config import DEFAULT_CTX, Settings
 from .images import ImageCache
+from .library import Library, LocalModel
 from .errors import (APIError, InternalError, InvalidRequestError, MethodNotAllowedError,
                      NotFoundError, PayloadTooLargeError)
 from .worker import Worker
@@ -26,26 +29,57 @@ HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLa
 def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     """Build the app. With `engine` given (tests), it is served as is; otherwise the worker
     loads the model from `settings` on its own thread so /health answers meanwhile."""
-    from . import api
+    from . import admin, api
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    if engine is None:
-        from .engine import LlamaEngine
-        load = lambda: LlamaEngine(settings)  # noqa: E731
-    else:
-        load = lambda: engine  # noqa: E731
+    library = make_library(settings)
+    load = _loader(settings, library) if engine is None else lambda *_: engine
     worker = Worker(load, queue_size=settings.queue_size,
-                    request_timeout=settings.request_timeout, warmup=settings.warmup)
+                    request_timeout=settings.request_timeout, warmup=settings.warmup,
+                    model=settings.model_id, keep_alive=settings.keep_alive)
     app.extensions["vlserve"] = {
-        "settings": settings, "worker": worker,
+        "settings": settings, "worker": worker, "library": library,
         "images": ImageCache(settings.decoded_image_cache_mb * 1024 * 1024)}
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
     _register_errors(app)
     _register_logging(app)
     if start:
         worker.start()
     return app
+
+
+def make_library(settings: Settings) -> Library:
+    """The started model (pinned, under its alias) plus whatever the models directory holds."""
+    models_dir = Path(settings.models_dir)
+    try:
+        known = catalog.load(models_dir)
+    except catalog.CatalogError as exc:
+        log.warning("ignoring the user catalog: %s", exc)
+        known = catalog.load(None)
+    pinned = None
+    if settings.model and settings.mmproj:
+        pinned = LocalModel(settings.model_id, Path(settings.model), Path(settings.mmproj),
+                            entry=None)
+    return Library(models_dir, known, pinned, settings.quant)
+
+
+def _loader(settings: Settings, library: Library):
+    """load(model id, progress) -> a LlamaEngine for that model, with the server's settings
+    and the context length its catalog entry suggests unless --ctx-size was given."""
+    from .engine import EngineLoadError, LlamaEngine
+
+    def load(model_id: str | None, progress):
+        model = library.get(model_id) if model_id else library.pinned
+        if model is None:
+            raise EngineLoadError(f"model {model_id!r} is not in {library.models_dir}")
+        n_ctx = settings.n_ctx
+        if n_ctx is None:
+            n_ctx = model.entry.ctx if model.entry else DEFAULT_CTX
+        return LlamaEngine(settings.replace(model=str(model.model), mmproj=str(model.mmproj),
+                                            model_alias=model.id, n_ctx=n_ctx), progress)
+    return load
 
 
 def error_response(exc: APIError) -> Response:

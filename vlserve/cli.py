@@ -33,17 +33,49 @@ def main():
     """vlserve: an offline OpenAI-compatible server for Qwen3-VL vision-language models."""
 
 
+class GpuLayers(click.ParamType):
+    """`auto` (None: as many layers as fit in free GPU memory), -1 (all) or a count."""
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).strip().lower() == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not 'auto' or a number of layers", param, ctx)
+        if n < -1:
+            self.fail("use -1 for all layers, 0 for none", param, ctx)
+        return n
+
+
 @main.command()
-@option("--model", type=click.Path(dir_okay=False), help="Text model GGUF.")
-@option("--mmproj", type=click.Path(dir_okay=False), help="Vision projector (mmproj) GGUF.")
+@option("--model", help="What to serve: a GGUF path, the id of a model in --models-dir, or a "
+        "catalog name such as 8b or qwen3-vl-4b-thinking (downloaded if missing). Default: the "
+        "largest model on disk that fits this machine, else the largest catalog model that "
+        "fits, downloaded.")
+@option("--mmproj", type=click.Path(dir_okay=False),
+        help="Vision projector GGUF (default: the mmproj next to --model, paired by name).")
+@option("--quant", help="Catalog quant to prefer, e.g. Q4_K_M, Q8_0, F16 (default: the "
+        "catalog's, Q4_K_M).")
+@option("--models-dir", type=click.Path(file_okay=False), default="models",
+        help="Where downloaded and dropped-in models live (each GGUF next to its mmproj).")
 @option("--alias", "model_alias", help="Model id shown in /v1/models (default: file name).")
 @option("--demo", is_flag=True, help="Serve the generated tiny random-weight model.")
+@option("--keep-alive", type=click.FloatRange(0), default=0.0,
+        help="Unload the model after this many idle seconds (0 = never); the next request "
+             "loads it again.")
+@option("--switch-on-request/--no-switch-on-request", default=True,
+        help="A request whose 'model' names another model on disk loads it (as Ollama does); "
+             "otherwise only POST /admin/models/load switches.")
 @option("--host", default="127.0.0.1", help="Address to bind (0.0.0.0 exposes it on the LAN).")
 @option("--port", type=click.IntRange(1, 65535), default=7860, help="Port to listen on.")
-@option("--ctx-size", "n_ctx", type=click.IntRange(0), default=8192,
-        help="Context length in tokens (0 = the model's training length).")
-@option("--n-gpu-layers", type=click.IntRange(-1), default=None,
-        help="Layers to offload to the GPU (-1 = all). Default: all on CUDA/Metal builds, else 0.")
+@option("--ctx-size", "n_ctx", type=click.IntRange(0), default=None,
+        help="Context length in tokens (0 = the model's training length). Default: the "
+             "catalog's for the model, else 8192.")
+@option("--n-gpu-layers", type=GpuLayers(), default="auto",
+        help="Layers to offload to the GPU: auto (as many as fit in free GPU memory, the "
+             "decision is logged), -1 (all) or a number. CPU builds use 0.")
 @option("--threads", type=click.IntRange(1), default=default_threads(),
         help="CPU threads for generation.")
 @option("--threads-batch", type=click.IntRange(1), default=None,
@@ -92,9 +124,9 @@ def main():
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
         default="info", help="Log level.")
 def serve(**opts):
-    """Serve the OpenAI-compatible API (and the page) for one GGUF + mmproj pair."""
+    """Serve the OpenAI-compatible API (and the page); switch models without restarting."""
+    setup_logging(opts["log_level"])
     settings = settings_from_options(opts)
-    setup_logging(settings.log_level)
     if settings.demo:
         logging.getLogger("vlserve").warning(DEMO_WARNING)
     from .serving import run
@@ -121,11 +153,24 @@ def settings_from_options(opts: dict) -> Settings:
     opts["max_body_bytes"] = int(opts.pop("max_body_mb") * mb)
     opts["repack"] = not opts.pop("no_repack")
     opts["warmup"] = not opts.pop("no_warmup")
-    if opts["demo"] or not (opts["model"] or opts["mmproj"]):
+    if opts["demo"]:
         opts.update(_demo_model(opts))
-    elif not (opts["model"] and opts["mmproj"]):
-        raise click.UsageError("--model and --mmproj go together (a vision model needs both)")
+    else:
+        opts.update(_chosen_model(opts))
     return Settings(images=images, **opts)
+
+
+def _chosen_model(opts: dict) -> dict:
+    from .startup import StartupError, choose
+    try:
+        choice = choose(opts["model"], opts["mmproj"], models_dir=Path(opts["models_dir"]),
+                        quant=opts["quant"], exclude=DEMO_DIR)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    demo = DEMO_DIR in choice.model.resolve().parents
+    alias = opts["model_alias"] or (choice.entry.id if choice.entry else None)
+    return {"model": str(choice.model), "mmproj": str(choice.mmproj), "demo": demo,
+            "model_alias": alias}
 
 
 def _demo_model(opts: dict) -> dict:
@@ -140,3 +185,57 @@ def _demo_model(opts: dict) -> dict:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("name")
+@option("--quant", help="Quant of the model file (default: the catalog's, Q4_K_M).")
+@option("--mmproj-quant", help="Precision of the projector (default: the catalog's, F16).")
+@option("--revision", help="A branch, tag or commit of the Hugging Face repo.")
+@option("--models-dir", type=click.Path(file_okay=False), default="models",
+        help="Where to put it (in a folder named after the repo).")
+def pull(name, quant, mmproj_quant, revision, models_dir):
+    """Download a catalog model (e.g. 2b, 8b, 4b-thinking) and its mmproj from Hugging Face.
+
+    Resumes an interrupted download; honours HF_TOKEN, HF_HOME, HF_ENDPOINT (mirrors) and
+    HF_HUB_OFFLINE (then nothing is fetched: files already present are reported, missing
+    ones are named). See `vlserve models` for the catalog."""
+    from . import catalog
+    from .startup import StartupError
+    from .startup import pull as pull_entry
+    setup_logging("info")
+    try:
+        known = catalog.load(Path(models_dir))
+        entry = known.get(name)
+        choice = pull_entry(entry, known, Path(models_dir), quant, mmproj_quant, revision)
+    except (catalog.CatalogError, StartupError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{entry.id}:\n  model  {choice.model}\n  mmproj {choice.mmproj}\n"
+               f"serve it: bash start.sh --model {entry.aliases[0] if entry.aliases else entry.id}")
+
+
+@main.command("models")
+@option("--models-dir", type=click.Path(file_okay=False), default="models",
+        help="Where local models are looked for.")
+def list_models(models_dir):
+    """The catalog (with the memory each model needs) and the models on disk."""
+    from . import catalog
+    from .library import discover
+    known = catalog.load(Path(models_dir))
+    found, notes = discover(Path(models_dir), known)
+    on_disk = {m.entry.id for m in found if m.entry}
+    click.echo(f"catalog (quant {known.quant}, mmproj {known.mmproj}; memory at the default "
+               "context, every layer on one device):")
+    for e in known.entries:
+        need = e.memory_needed(known.quant, known.mmproj) / 1e9
+        click.echo(f"  {e.id:24} {', '.join(e.aliases[:1]):12} {need:5.1f} GB  ctx {e.ctx:>6}"
+                   f"  {'on disk' if e.id in on_disk else e.repo}")
+    click.echo(f"on disk in {models_dir}:")
+    for m in found:
+        click.echo(f"  {m.id:40} {m.size_bytes / 1e9:6.2f} GB  {m.model.name} + {m.mmproj.name}")
+    for note in notes:
+        click.echo(f"  (skipped) {note}")
+
+
+from .bundle import bundle  # noqa: E402  (its own module: it is a packaging tool)
+main.add_command(bundle)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .images import ImageLimits
 
+DEFAULT_CTX = 8192   # context when neither --ctx-size nor the model's catalog entry says
+
 
 def default_threads() -> int:
     """Physical-ish core count: llama.cpp decode is memory bound and slows with SMT siblings."""
@@ -22,10 +24,14 @@ class Settings:
     mmproj: str | None = None         # path to the vision projector GGUF
     model_alias: str | None = None    # id shown in /v1/models (default: GGUF file stem)
     demo: bool = False                # serving the generated random-weight model
+    models_dir: str = "models"        # where pulled and dropped-in models live
+    quant: str | None = None          # preferred catalog quant (None = the catalog's default)
+    switch_on_request: bool = True    # a request naming another local model loads it
+    keep_alive: float = 0             # seconds idle before the model is unloaded; 0 = never
 
     # engine
-    n_ctx: int = 8192                 # 0 = the model's training context
-    n_gpu_layers: int | None = None   # None = all layers when the build has a GPU backend, else 0
+    n_ctx: int | None = DEFAULT_CTX   # 0 = the model's training context; None = catalog's
+    n_gpu_layers: int | None = None   # None = auto: as many as fit in free GPU memory; -1 = all
     threads: int = field(default_factory=default_threads)
     threads_batch: int | None = None  # None = same as threads
     n_batch: int = 2048

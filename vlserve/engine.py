@@ -27,12 +27,14 @@ import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp import mtmd_cpp
 
-from . import llamalog
-from .config import Settings
+from . import gpu, llamalog
+from .config import DEFAULT_CTX, Settings
 from .errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
 from .images import PreparedImage
+from .library import PairingError, check_pair
 from .kvcache import ImageUnit, KVRecord, Unit, n_tokens, plan_reuse
-from .protocol import ChatRequest, ImagePart, Message, SamplingParams
+from .protocol import ChatRequest, ImagePart, Message, SamplingParams, TextPart
+from .reasoning import template_opens_thinking
 from .template import ChatTemplate
 from .textstream import TextStream
 
@@ -71,6 +73,7 @@ class Prompt:
     images: dict[int, object]   # unit index -> mtmd image chunk (valid until close)
     n_tokens: int               # every token that occupies the context, image tokens included
     max_new_tokens: int
+    thinking: bool = False      # the output starts inside a <think> block the prompt opened
     _chunks: object = None
     _free: Callable[[object], None] | None = None
 
@@ -105,19 +108,43 @@ class Engine(Protocol):
 
 # ---- the llama.cpp engine ----------------------------------------------------------------
 
-def _model_params(s: Settings) -> llama_cpp.llama_model_params:
+def _model_params(s: Settings, n_gpu_layers: int,
+                  progress: Callable[[float], None] | None) -> llama_cpp.llama_model_params:
     params = llama_cpp.llama_model_default_params()
-    gpu = llama_cpp.llama_supports_gpu_offload()
-    layers = s.n_gpu_layers if s.n_gpu_layers is not None else (-1 if gpu else 0)
-    params.n_gpu_layers = 0x7FFFFFFF if layers < 0 else layers
+    params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
     # Repacking speeds quantized matmuls on CPU but crashes on some virtual CPUs (AMX).
     params.use_extra_bufts = s.repack
+    if progress is not None:
+        def report(fraction, _user_data):
+            progress(fraction)
+            return True  # keep loading
+        params.progress_callback = llama_cpp.llama_progress_callback(report)
     return params
+
+
+def gpu_layers(s: Settings) -> tuple[int, int]:
+    """(layers to offload, the model's layer count): what --n-gpu-layers says, or with
+    `auto` (None) what fits in free GPU memory next to the KV cache and the projector."""
+    layout = gpu.read_layout(s.model)
+    if not llama_cpp.llama_supports_gpu_offload():
+        return 0, layout.n_layers
+    if s.n_gpu_layers is not None:
+        return s.n_gpu_layers, layout.n_layers
+    memory = gpu.detect_memory()
+    if memory.kind == "cpu":
+        log.warning("GPU build but no GPU memory could be measured: offloading every layer")
+        return -1, layout.n_layers
+    n_ctx = layout.context_length if s.n_ctx == 0 else (s.n_ctx or DEFAULT_CTX)
+    plan = gpu.plan_gpu_layers(layout, n_ctx=n_ctx, free_bytes=memory.free,
+                               mmproj_bytes=Path(s.mmproj).stat().st_size,
+                               flash_attn=s.flash_attn != "off", n_ubatch=s.n_ubatch)
+    log.info("GPU offload (%s): %s", memory.name, plan.reason)
+    return plan.n_gpu_layers, layout.n_layers
 
 
 def _context_params(s: Settings, n_ctx_train: int) -> llama_cpp.llama_context_params:
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = s.n_ctx if s.n_ctx > 0 else n_ctx_train
+    params.n_ctx = n_ctx_train if s.n_ctx == 0 else (s.n_ctx or DEFAULT_CTX)
     params.n_batch = s.n_batch
     params.n_ubatch = min(s.n_batch, s.n_ubatch)
     params.n_seq_max = 1
@@ -129,11 +156,16 @@ def _context_params(s: Settings, n_ctx_train: int) -> llama_cpp.llama_context_pa
 
 
 class LlamaEngine:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, progress: Callable[[float], None] | None = None):
         self.settings = settings
         for label, path in (("model", settings.model), ("mmproj", settings.mmproj)):
             if not path or not Path(path).is_file():
                 raise EngineLoadError(f"{label} file not found: {path}")
+        try:
+            check_pair(Path(settings.model), Path(settings.mmproj))
+        except PairingError as exc:
+            raise EngineLoadError(str(exc)) from None
+        self._progress = progress
         t0 = time.monotonic()
         llamalog.install()
         llama_cpp.llama_backend_init()
@@ -150,19 +182,16 @@ class LlamaEngine:
             "n_ctx": self.n_ctx, "n_ctx_train": self._model.n_ctx_train(),
             "n_params": self._model.n_params(), "size_bytes": self._model.size(),
             "gpu_offload": llama_cpp.llama_supports_gpu_offload(),
+            "n_gpu_layers": self.n_gpu_layers, "thinking": self.opens_thinking,
             "vision": True, "load_seconds": round(self.load_seconds, 3),
         }
         log.info("loaded %s (%s, n_ctx=%d) in %.2fs", self.model_id,
                  self.info["architecture"], self.n_ctx, self.load_seconds)
 
     def _open(self, settings: Settings) -> None:
-        self._model = self._load(lambda: internals.LlamaModel(
-            path_model=settings.model, params=_model_params(settings), verbose=False),
-            settings.model)
-        self._ctx = self._load(lambda: internals.LlamaContext(
-            model=self._model,
-            params=_context_params(settings, self._model.n_ctx_train()), verbose=False),
-            settings.model)
+        wanted, n_layers = gpu_layers(settings)
+        self.n_gpu_layers = gpu.load_with_fewer_layers(
+            lambda n: self._open_model(settings, n), wanted, n_layers, log=log)
         self.n_ctx = self._ctx.n_ctx()
         self._n_embd_inp = llama_cpp.llama_model_n_embd_inp(self._model.model)
         self._kv = KVRecord()
@@ -180,6 +209,27 @@ class LlamaEngine:
         self._template = ChatTemplate(self._meta.get("tokenizer.chat_template"),
                                       bos_token=self._special_text(self._model.token_bos()),
                                       eos_token=self._special_text(self._model.token_eos()))
+        # Thinking models' templates open <think> in the generation prompt: their output
+        # starts inside the reasoning block (see reasoning.py).
+        probe = (Message("user", (TextPart("Hi"),)),)
+        self.opens_thinking = template_opens_thinking(self._template.render(probe, self._marker))
+
+    def _open_model(self, settings: Settings, n_gpu_layers: int) -> int:
+        """Model and context with `n_gpu_layers` offloaded (either may run out of GPU
+        memory: the caller then retries with fewer)."""
+        for owner in (self._ctx, self._model):
+            if owner is not None:
+                owner.close()
+        self._ctx = self._model = None
+        self._model = self._load(lambda: internals.LlamaModel(
+            path_model=settings.model,
+            params=_model_params(settings, n_gpu_layers, self._progress), verbose=False),
+            settings.model)
+        self._ctx = self._load(lambda: internals.LlamaContext(
+            model=self._model,
+            params=_context_params(settings, self._model.n_ctx_train()), verbose=False),
+            settings.model)
+        return n_gpu_layers
 
     @staticmethod
     def _load(factory, path):
@@ -190,7 +240,7 @@ class LlamaEngine:
 
     def _init_mtmd(self, s: Settings):
         params = mtmd_cpp.mtmd_context_params_default()
-        params.use_gpu = _model_params(s).n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+        params.use_gpu = self.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         params.n_threads = s.threads
         params.print_timings = False
         params.media_marker = self._marker.encode()
@@ -233,6 +283,7 @@ class LlamaEngine:
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt:
         text = self._template.render(request.messages, self._marker)
         prompt = self._to_prompt(self._tokenize(text, images))
+        prompt.thinking = self.opens_thinking
         try:
             prompt.max_new_tokens = self._budget(prompt.n_tokens, request.params.max_tokens)
         except ContextLengthError:

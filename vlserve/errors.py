@@ -80,3 +80,11 @@ class InternalError(APIError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class ModelLoadError(APIError):
+    """Another model could not be loaded; the previous one is serving again (or the message
+    says it is not)."""
+    status = 500
+    type = "server_error"
+    code = "model_load_failed"

@@ -16,6 +16,10 @@ from .errors import InvalidRequestError
 ROLES = {"system", "developer", "user", "assistant"}
 DETAILS = {"low", "auto", "high"}
 MAX_STOP_STRINGS = 4
+# Where a Thinking model's reasoning goes: its own field (the names llama.cpp's server
+# accepts for that) or, with "none", left inline in `content` as <think>…</think>.
+REASONING_FORMATS = {"auto": "parsed", "deepseek": "parsed", "parsed": "parsed",
+                     "none": "inline"}
 # Fields we do not implement: refusing them is more honest than silently ignoring them.
 UNSUPPORTED = {"tools": "tool calling", "functions": "function calling",
                "logprobs": "logprobs", "top_logprobs": "logprobs",
@@ -60,6 +64,7 @@ class ChatRequest:
     model: str | None = None
     stream: bool = False
     include_usage: bool = False
+    reasoning_inline: bool = False    # reasoning_format "none": <think>…</think> in content
 
     @property
     def image_parts(self) -> list[ImagePart]:
@@ -182,12 +187,17 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("'model' must be a string", "model")
+    reasoning = body.get("reasoning_format") or "auto"
+    if reasoning not in REASONING_FORMATS:
+        raise _bad(f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}",
+                   "reasoning_format")
     return ChatRequest(
         messages=tuple(_parse_message(m, i) for i, m in enumerate(messages)),
         params=_parse_params(body, max_tokens_cap),
         model=model,
         stream=stream,
         include_usage=bool(options.get("include_usage")),
+        reasoning_inline=REASONING_FORMATS[reasoning] == "inline",
     )
 
 
@@ -216,9 +226,12 @@ def chunk(cid: str, model: str, created: int, delta: dict, finish_reason: str | 
 
 
 def completion(cid: str, model: str, text: str, finish_reason: str, usage: dict,
-               extra: dict | None = None) -> dict:
+               extra: dict | None = None, reasoning: str = "") -> dict:
+    message = {"role": "assistant", "content": text}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     return {"id": cid, "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
-                         "message": {"role": "assistant", "content": text}}],
+                         "message": message}],
             "usage": usage, **(extra or {})}

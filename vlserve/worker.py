@@ -1,13 +1,22 @@
-"""The single thread that owns the engine.
+"""The single thread that owns the engine — and so the only place a model is loaded, switched
+or unloaded.
 
-HTTP threads `submit()` a prepared prompt and read events from the job's own queue; the
-worker runs one job at a time. A full queue is refused at once (503), never piled up; a
-job whose client left or whose deadline passed is skipped or stopped within a token.
-Exceptions travel back through the job's queue, so the HTTP thread decides the status.
+HTTP threads `submit()` a job and read events from the job's own queue; the worker runs one
+item at a time, in order: jobs, and requests to load another model. A full queue is refused
+at once (503), never piled up; a job whose client left or whose deadline passed is skipped
+or stopped within a token. Exceptions travel back through the job's queue, so the HTTP
+thread decides the status.
+
+Switching happens here too, between jobs: jobs queued behind a switch wait for it; a job
+prepared (tokenized) for a model that is no longer loaded is prepared again for the one that
+is; a load that fails puts the previous model back, so the server never ends up without one.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import io
 import logging
 import queue
@@ -18,20 +27,31 @@ from typing import Callable
 from PIL import Image
 
 from .engine import Delta, Engine, Finished, Prompt
-from .errors import APIError, InternalError, ServiceUnavailableError, TimeoutError_
+from .errors import (APIError, InternalError, ModelLoadError, ServiceUnavailableError,
+                     TimeoutError_)
+from .events import EventHub
 from .images import ImageLimits, PreparedImage, prepare_image
 from .protocol import ChatRequest, ImagePart, Message, SamplingParams, TextPart
 
 log = logging.getLogger(__name__)
 
 Event = Delta | Finished | APIError
+Progress = Callable[[float], None]
+Loader = Callable[[str | None, Progress], Engine]   # (model id, progress 0..1) -> engine
 
 
 class Job:
-    def __init__(self, prompt: Prompt, params: SamplingParams, deadline: float):
-        self.prompt = prompt
+    """One chat request. `prepare(engine)` tokenizes it for an engine; the HTTP thread does
+    that up front when the model it wants is loaded (so a bad request gets its 4xx before
+    queueing), the worker does it (again) when the model changed meanwhile."""
+
+    def __init__(self, params: SamplingParams, deadline: float, *, prompt: Prompt | None,
+                 engine: Engine | None, prepare: Callable[[Engine], Prompt] | None,
+                 model: str | None):
         self.params = params
         self.deadline = deadline
+        self.prompt, self.engine, self.prepare = prompt, engine, prepare
+        self.model = model          # the model id this request needs; None = whichever
         self._events: queue.Queue[Event] = queue.Queue()
         self._cancel = threading.Event()
 
@@ -56,25 +76,53 @@ class Job:
         except queue.Empty:
             return None
 
+    def close(self) -> None:
+        if self.prompt is not None:
+            self.prompt.close()
+
+
+class Switch:
+    """A request to make `model` the loaded model (or, with `unload`, to free it until the
+    next request needs it); `done` is set when it is done (or failed)."""
+
+    def __init__(self, model: str | None, unload: bool = False):
+        self.model = model
+        self.unload = unload
+        self.done = threading.Event()
+        self.error: APIError | None = None
+
+    def finish(self, error: APIError | None = None) -> None:
+        self.error = error
+        self.done.set()
+
 
 class Worker:
-    """Loads (optionally), warms up, then serves jobs one at a time on its own thread."""
+    """Loads, warms up, then serves jobs one at a time on its own thread."""
 
-    def __init__(self, load: Callable[[], Engine], *, queue_size: int, request_timeout: float,
-                 warmup: bool = True):
+    def __init__(self, load: Loader, *, queue_size: int, request_timeout: float,
+                 warmup: bool = True, model: str | None = None, keep_alive: float = 0):
         self._load = load
         self._warmup = warmup
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        self._keep_alive = keep_alive   # seconds idle before unloading; 0 = never
+        self._queue: queue.Queue[Job | Switch | None] = queue.Queue()
+        self._queue_size = queue_size
+        self._waiting = 0               # jobs in the queue (switches do not count)
+        self._lock = threading.Lock()
         self.request_timeout = request_timeout
+        self.events = EventHub()
         self.engine: Engine | None = None
-        self.state = "loading"          # loading | warming | ready | failed | stopped
+        self.model = model              # id of the loaded model (or the one to load)
+        self.state = "loading"          # loading | warming | ready | unloaded | failed | stopped
         self.reason = "loading the model"
         self.warmup_seconds: float | None = None
+        self.load_seconds: float | None = None
         self.busy = False
+        self._served = False            # a model was up once: later loads are switches
         # Served-request counters for /health: finish reasons and tokens generated.
         # Keys fixed up front so /health can copy the dict while this thread updates it.
         self.stats = dict.fromkeys(
-            ("stop", "length", "cancelled", "timeout", "tokens_generated"), 0)
+            ("stop", "length", "cancelled", "timeout", "tokens_generated", "model_loads",
+             "model_load_failures"), 0)
         self._thread = threading.Thread(target=self._run, name="vlserve-engine", daemon=True)
 
     def start(self) -> "Worker":
@@ -82,13 +130,13 @@ class Worker:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.state, self.reason = "stopped", "the server is shutting down"
-        self._queue.put(None)  # type: ignore[arg-type]  # wakes the thread
+        self._set_state("stopped", "the server is shutting down")
+        self._queue.put(None)  # wakes the thread
         self._thread.join(timeout)
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return self._waiting
 
     def wait_ready(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -98,59 +146,191 @@ class Worker:
 
     def require_ready(self) -> Engine:
         if self.state != "ready":
-            raise ServiceUnavailableError(f"the model is not ready: {self.reason}",
-                                          code="model_not_ready", retry_after=5)
+            raise self._not_ready()
         return self.engine  # type: ignore[return-value]
+
+    def check_accepting(self) -> None:
+        """Jobs may queue while a model loads for a switch or after an idle unload; not
+        before the first model is up, nor after a load left the server with none."""
+        if self.state in ("failed", "stopped") or not self._served:
+            raise self._not_ready()
+
+    def _not_ready(self) -> ServiceUnavailableError:
+        return ServiceUnavailableError(f"the model is not ready: {self.reason}",
+                                       code="model_not_ready", retry_after=5)
+
+    def current_engine(self, model: str | None) -> Engine | None:
+        """The loaded engine if it is the one `model` needs and no switch is pending."""
+        engine = self.engine
+        if self.state == "ready" and engine is not None and model in (None, self.model):
+            return engine
+        return None
 
     def check_room(self) -> None:
         """Refuse early, before a request spends time decoding images, if it cannot queue."""
-        if self._queue.full():
+        if self._waiting >= self._queue_size:
             raise self._busy()
 
-    def submit(self, prompt: Prompt, params: SamplingParams) -> Job:
-        job = Job(prompt, params, time.monotonic() + self.request_timeout)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            prompt.close()
-            raise self._busy() from None
+    def submit(self, prompt: Prompt | None, params: SamplingParams, *,
+               prepare: Callable[[Engine], Prompt] | None = None, model: str | None = None,
+               engine: Engine | None = None) -> Job:
+        job = Job(params, time.monotonic() + self.request_timeout, prompt=prompt,
+                  engine=engine or (self.engine if prompt is not None else None),
+                  prepare=prepare, model=model)
+        with self._lock:
+            if self._waiting >= self._queue_size:
+                job.close()
+                raise self._busy()
+            self._waiting += 1
+        self._queue.put(job)
         return job
+
+    def switch(self, model: str) -> Switch:
+        """Ask for `model` to be loaded after the jobs already queued; never refused."""
+        request = Switch(model)
+        self._queue.put(request)
+        return request
+
+    def unload(self) -> Switch:
+        """Free the model after the jobs already queued; the next job loads it again."""
+        request = Switch(self.model, unload=True)
+        self._queue.put(request)
+        return request
 
     def _busy(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
-            f"the server is busy: {self._queue.maxsize} requests are already waiting; "
+            f"the server is busy: {self._queue_size} requests are already waiting; "
             "retry shortly", retry_after=2)
+
+    def _set_state(self, state: str, reason: str, **extra) -> None:
+        self.state, self.reason = state, reason
+        self.events.publish({"type": "state", "state": state, "reason": reason,
+                             "model": self.model, **extra})
 
     # -- the engine thread --
 
     def _run(self) -> None:
-        if not self._start_engine():
+        try:
+            self._load_model(self.model)
+        except Exception as exc:  # the server stays up to report why in /health
+            log.error("engine start failed: %s", exc)
+            self._set_state("failed", str(exc))
             return
         while True:
-            job = self._queue.get()
-            if job is None or self.state == "stopped":
+            item = self._next_item()
+            if item is None or self.state == "stopped":
                 break
+            if isinstance(item, Switch):
+                self._switch(item)
+                continue
+            with self._lock:
+                self._waiting -= 1
             self.busy = True
             try:
-                self._serve(job)
+                self._serve(item)
             finally:
                 self.busy = False
-                job.prompt.close()
+                item.close()
 
-    def _start_engine(self) -> bool:
+    def _next_item(self) -> Job | Switch | None:
+        """The next queued item; unloads the model first if it stays idle past keep-alive."""
+        if self._keep_alive <= 0 or self.engine is None:
+            return self._queue.get()
         try:
-            self.engine = self._load()
+            return self._queue.get(timeout=self._keep_alive)
+        except queue.Empty:
+            log.info("idle for %gs: unloading %s", self._keep_alive, self.model)
+            self._unload(f"unloaded after {self._keep_alive:g}s idle")
+            return self._queue.get()
+
+    def _load_model(self, model: str | None) -> None:
+        """Load and warm `model`; on failure nothing is loaded and the error propagates."""
+        self.model = model
+        self._last_progress = 0.0
+        self._set_state("loading", f"loading {model or 'the model'}", progress=0.0)
+        t0 = time.monotonic()
+        try:
+            self.engine = self._load(model, self._progress)
             if self._warmup:
-                self.state, self.reason = "warming", "warming up"
-                t0 = time.monotonic()
+                self._set_state("warming", "warming up")
+                t1 = time.monotonic()
                 warm_up(self.engine)
-                self.warmup_seconds = round(time.monotonic() - t0, 3)
+                self.warmup_seconds = round(time.monotonic() - t1, 3)
                 log.info("warm-up done in %.2fs", self.warmup_seconds)
-        except Exception as exc:  # the server stays up to report why in /health
-            log.exception("engine start failed")
-            self.state, self.reason = "failed", str(exc)
-            return False
-        self.state, self.reason = "ready", "ready"
+        except BaseException:
+            self.stats["model_load_failures"] += 1
+            self._unload()
+            raise
+        self.load_seconds = round(time.monotonic() - t0, 3)
+        self.stats["model_loads"] += 1
+        self._served = True
+        self._set_state("ready", "ready", load_seconds=self.load_seconds)
+
+    def _progress(self, fraction: float) -> None:
+        # llama.cpp reports per tensor: a few hundred calls; pass on steps of 5%
+        if fraction < 1 and fraction - self._last_progress < 0.05:
+            return
+        self._last_progress = fraction
+        self.events.publish({"type": "progress", "model": self.model,
+                             "progress": round(fraction, 3)})
+        self.reason = f"loading {self.model or 'the model'} ({fraction:.0%})"
+
+    def _unload(self, reason: str | None = None) -> None:
+        """Free the engine and give its memory back to the OS; with a reason, the server
+        stays in the "unloaded" state (the next job loads the model again)."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
+            del engine
+            gc.collect()
+            _trim_heap()
+        if reason:
+            self._set_state("unloaded", f"{reason}; the next request loads it again")
+
+    def _switch(self, request: Switch) -> None:
+        if request.unload:
+            self._unload("unloaded on request")
+            request.finish()
+            return
+        if request.model == self.model and self.engine is not None:
+            request.finish()
+            return
+        previous = self.model
+        log.info("switching model: %s -> %s", previous, request.model)
+        self._unload()
+        try:
+            self._load_model(request.model)
+            request.finish()
+            return
+        except Exception as exc:
+            log.error("loading %s failed: %s", request.model, exc)
+            failure = f"could not load {request.model}: {exc}"
+        if previous is None:
+            self._set_state("failed", failure)
+            request.finish(ModelLoadError(failure))
+            return
+        try:
+            self._load_model(previous)
+        except Exception as exc:
+            self._set_state("failed", f"{failure}; reloading {previous} failed too: {exc}")
+            request.finish(ModelLoadError(self.reason))
+            return
+        self.events.publish({"type": "rolled_back", "model": previous, "reason": failure})
+        request.finish(ModelLoadError(f"{failure}; {previous} is loaded again", param="model"))
+
+    def _ensure_model(self, job: Job) -> bool:
+        """Load what the job needs (another model, or ours after an idle unload) and prepare
+        its prompt for the engine it will run on. False (the job told why) if impossible."""
+        wanted = job.model or self.model
+        if wanted != self.model or self.engine is None:
+            switch = Switch(wanted)  # type: ignore[arg-type]
+            self._switch(switch)
+            if switch.error is not None:
+                job.put(switch.error)
+                return False
+        if job.prompt is None or job.engine is not self.engine:
+            job.close()
+            job.prompt, job.engine = job.prepare(self.engine), self.engine
         return True
 
     def _serve(self, job: Job) -> None:
@@ -161,6 +341,8 @@ class Worker:
             return
         stop = lambda: job.cancelled or job.expired  # noqa: E731
         try:
+            if not self._ensure_model(job):
+                return
             for event in self.engine.generate(job.prompt, job.params, stop):
                 if isinstance(event, Finished):
                     event = self._count(job, event)
@@ -171,7 +353,6 @@ class Worker:
             log.exception("generation failed")
             job.put(InternalError(f"generation failed: {type(exc).__name__}"))
 
-
     def _count(self, job: Job, event: Finished) -> Finished | TimeoutError_:
         """Tally a finished job; one stopped by its deadline, not its client, is a timeout."""
         timed_out = event.finish_reason == "cancelled" and job.expired and not job.cancelled
@@ -180,6 +361,16 @@ class Worker:
         if timed_out:
             return TimeoutError_(f"the request exceeded the {self.request_timeout:g}s timeout")
         return event
+
+
+def _trim_heap() -> None:
+    """Ask glibc to return freed heap pages; without this, RSS stays at its high-water mark
+    after a model's host buffers are freed. A no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def warm_up(engine: Engine) -> None:
