@@ -122,3 +122,27 @@ def test_special_tokens_in_user_text_cannot_fake_an_image(engine):
         assert prompt.image_tokens == 0
     finally:
         prompt.close()
+
+
+def test_a_load_that_fails_with_many_gpu_layers_is_retried_with_fewer(settings, monkeypatch,
+                                                                      caplog):
+    """The wiring of the out-of-memory retry: whatever fails while offloading n layers
+    (model or context allocation) is tried again with fewer, down to the CPU."""
+    from vlserve import engine as engine_mod
+    monkeypatch.setattr(engine_mod, "gpu_layers", lambda s: (4, 3))   # "all 3 + output"
+    real_open, tried = engine_mod.LlamaEngine._open_model, []
+
+    def flaky_open(self, s, n):
+        tried.append(n)
+        if n > 1:
+            raise engine_mod.EngineLoadError(f"cudaMalloc failed: out of memory ({n} layers)")
+        return real_open(self, s, n)
+
+    monkeypatch.setattr(engine_mod.LlamaEngine, "_open_model", flaky_open)
+    eng = engine_mod.LlamaEngine(settings)
+    try:
+        assert tried[0] == 4 and tried[-1] <= 1 and eng.n_gpu_layers == tried[-1]
+        assert eng.info["n_gpu_layers"] == tried[-1]
+        assert "retrying with" in caplog.text
+    finally:
+        eng.close()
