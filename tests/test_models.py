@@ -218,15 +218,17 @@ def test_a_catalog_name_with_files_on_disk_needs_no_network(pairs, tmp_path, no_
 def test_no_model_picks_the_largest_on_disk_that_fits(pairs, tmp_path, monkeypatch, no_network):
     small = place(pairs["small"], tmp_path / "a")
     tiny = place(pairs["tiny"], tmp_path / "b")
-    demo = place(pairs["small"], tmp_path / "demo", "qwen3vl-big-f32.gguf")
+    place(pairs["small"], tmp_path / "demo", "qwen3vl-big-f32.gguf")
+    (tmp_path / "demo" / "qwen3vl-big-f32.gguf").write_bytes(
+        pairs["small"][0].read_bytes() + b"\0" * 1000)   # larger than small: would win
     budget = lambda free: lambda: Memory("cpu", free, free, "RAM")  # noqa: E731
     monkeypatch.setattr(startup, "memory_budget", budget(64 * GB))
-    choose = lambda: startup.choose(None, None, models_dir=tmp_path, quant=None,  # noqa: E731
+    monkeypatch.chdir(tmp_path)   # a relative models dir, as start.sh passes it
+    choose = lambda: startup.choose(None, None, models_dir=Path("."), quant=None,  # noqa: E731
                                     exclude=tmp_path / "demo")
-    assert choose().model == small[0]
-    assert choose().model != demo[0]
+    assert choose().model.resolve() == small[0]      # the demo copy is bigger, and excluded
     monkeypatch.setattr(startup, "memory_budget", budget(1 * GB + 10_000_000))  # tiny only
-    assert choose().model == tiny[0]
+    assert choose().model.resolve() == tiny[0]
 
 
 def test_no_model_offline_says_what_to_download_and_offers_the_demo(tmp_path, monkeypatch,

@@ -17,7 +17,8 @@ from .images import ImageLimits
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "models" / "tiny"
 DEMO_WARNING = ("DEMO MODEL: serving a generated tiny Qwen3-VL with RANDOM WEIGHTS — its "
-                "answers are gibberish. Pass --model and --mmproj to serve a real model.")
+                "answers are gibberish. Run without --demo (or with --model 8b, a GGUF path…) "
+                "to serve a real model.")
 
 
 def option(*decls, **kw):
@@ -185,6 +186,7 @@ def _demo_model(opts: dict) -> dict:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # the demo model's writer is chatty
 
 
 @main.command()

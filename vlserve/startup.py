@@ -82,7 +82,8 @@ def _auto(known: catalog.Catalog, models_dir: Path, quant: str | None,
     """Nothing named: the largest model on disk that fits, else the catalog's pick."""
     memory = memory_budget()
     found, _ = discover(models_dir, known)
-    found = [m for m in found if not (exclude and exclude in m.model.parents)]
+    if exclude is not None:   # the generated demo model is never picked by itself
+        found = [m for m in found if exclude.resolve() not in m.model.resolve().parents]
     if found:
         local = _largest_fitting(found, memory.free)
         log.info("serving %s, the largest model in %s that fits %s of %s (%s free)", local.id,
