@@ -81,6 +81,11 @@ def test_choose_the_largest_that_fits(budget_gb, thinking, want, fits):
     assert (entry.id, ok) == (want, fits)
 
 
+def test_cpu_pick_stops_at_8b_whatever_the_ram():
+    entry, ok = catalog.load(None).choose(256 * GB, max_params_b=catalog.CPU_MAX_PARAMS_B)
+    assert (entry.id, ok) == ("qwen3-vl-8b-instruct", True)
+
+
 def test_user_catalog_adds_and_overrides_entries(tmp_path):
     (tmp_path / "catalog.toml").write_text('''
 [defaults]

@@ -20,6 +20,9 @@ USER_CATALOG = "catalog.toml"      # in the models directory
 # Compute buffers, the CUDA/Metal context and llama.cpp's own allocations: measured around
 # 0.4-0.9 GB for 2B-8B models at 16k context; 1 GB keeps the estimate on the safe side.
 OVERHEAD_BYTES = 1 * GB
+# On a CPU, decoding speed is memory bandwidth / model size: a 32B model at Q4 gives well
+# under a token per second on most machines, however much RAM they have. Auto-pick stops here.
+CPU_MAX_PARAMS_B = 8
 
 
 class CatalogError(ValueError):
@@ -82,12 +85,14 @@ class Catalog:
             raise CatalogError(f"no catalog model is called {name!r}; known: {known}")
         return entry
 
-    def choose(self, budget_bytes: int, *, quant: str | None = None,
-               thinking: bool = False) -> tuple[Entry, bool]:
-        """The largest model of the kind asked for whose needs fit the budget, and whether it
-        fits at all (when nothing fits: the smallest, False — the caller warns)."""
+    def choose(self, budget_bytes: int, *, quant: str | None = None, thinking: bool = False,
+               max_params_b: float | None = None) -> tuple[Entry, bool]:
+        """The largest model of the kind asked for (and at most `max_params_b` billion
+        parameters) whose needs fit the budget, and whether it fits at all (when nothing
+        fits: the smallest, False — the caller warns)."""
         quant = quant or self.quant
-        kind = sorted((e for e in self.entries if e.thinking == thinking),
+        kind = sorted((e for e in self.entries if e.thinking == thinking
+                       and (max_params_b is None or e.params_b <= max_params_b)),
                       key=lambda e: e.memory_needed(quant, self.mmproj))
         if not kind:
             raise CatalogError("the catalog has no model of that kind")

@@ -90,7 +90,8 @@ def _auto(known: catalog.Catalog, models_dir: Path, quant: str | None,
                  models_dir, memory.name, gpu.format_bytes(memory.total),
                  gpu.format_bytes(memory.free))
         return Choice(local.model, local.mmproj, local.entry)
-    entry, fits = known.choose(memory.free, quant=quant)
+    cap = catalog.CPU_MAX_PARAMS_B if memory.kind == "cpu" else None
+    entry, fits = known.choose(memory.free, quant=quant, max_params_b=cap)
     need = entry.memory_needed(quant or known.quant, known.mmproj)
     message = (f"{entry.id} ({gpu.format_bytes(need)} at {entry.ctx} tokens of context) for "
                f"{memory.name}: {gpu.format_bytes(memory.free)} free of "
