@@ -108,11 +108,7 @@ class ReasoningSplitter:
         return True
 
     def _lead(self, out: list[Piece], final: bool) -> bool:
-        self._held = self._held.lstrip()
-        if not self._held:
-            return False
-        self._state = _REASONING
-        return True
+        return self._skip_space(then=_REASONING)
 
     def _reasoning(self, out: list[Piece], final: bool) -> bool:
         end = self._held.find(CLOSE)
@@ -133,10 +129,14 @@ class ReasoningSplitter:
         return False
 
     def _after(self, out: list[Piece], final: bool) -> bool:
+        return self._skip_space(then=_CONTENT)
+
+    def _skip_space(self, then: str) -> bool:
+        """Drop whitespace; move on to `then` once something else arrives."""
         self._held = self._held.lstrip()
         if not self._held:
             return False
-        self._state = _CONTENT
+        self._state = then
         return True
 
     def _content(self, out: list[Piece], final: bool) -> bool:
