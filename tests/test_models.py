@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, make_model
 from vlserve import catalog, startup
-from vlserve.catalog import GB, Catalog, CatalogError
+from vlserve.catalog import GB, CatalogError
 from vlserve.engine import EngineLoadError, LlamaEngine
 from vlserve.config import Settings
 from vlserve.gpu import Memory

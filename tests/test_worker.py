@@ -124,7 +124,7 @@ def test_failed_load_is_reported_not_raised():
     assert not worker.wait_ready(5)
     assert worker.state == "failed" and "x.gguf" in worker.reason
     with pytest.raises(ServiceUnavailableError):
-        worker.require_ready()
+        worker.check_accepting()
 
 
 class Models:

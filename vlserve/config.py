@@ -63,12 +63,5 @@ class Settings:
             return self.model_alias
         return Path(self.model).stem if self.model else "none"
 
-    @property
-    def model_created(self) -> int:
-        try:
-            return int(Path(self.model).stat().st_mtime)
-        except (OSError, TypeError):
-            return 0
-
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -144,11 +144,6 @@ class Worker:
             time.sleep(0.05)
         return self.state == "ready"
 
-    def require_ready(self) -> Engine:
-        if self.state != "ready":
-            raise self._not_ready()
-        return self.engine  # type: ignore[return-value]
-
     def check_accepting(self) -> None:
         """Jobs may queue while a model loads for a switch or after an idle unload; not
         before the first model is up, nor after a load left the server with none."""
