@@ -29,7 +29,7 @@ HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLa
 def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     """Build the app. With `engine` given (tests), it is served as is; otherwise the worker
     loads the model from `settings` on its own thread so /health answers meanwhile."""
-    from . import admin, api
+    from . import admin, api, webui
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
@@ -40,9 +40,11 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
                     model=settings.model_id, keep_alive=settings.keep_alive)
     app.extensions["vlserve"] = {
         "settings": settings, "worker": worker, "library": library,
-        "images": ImageCache(settings.decoded_image_cache_mb * 1024 * 1024)}
+        "images": ImageCache(settings.decoded_image_cache_mb * 1024 * 1024),
+        "webui": webui.find_webui(settings.webui_dir)}
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(webui.bp)
     _register_errors(app)
     _register_logging(app)
     if start:

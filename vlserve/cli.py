@@ -121,6 +121,8 @@ class GpuLayers(click.ParamType):
         help="Largest max_tokens a client may ask for (0 = the context size).")
 @option("--http-threads", type=click.IntRange(1), default=16,
         help="HTTP threads (concurrent connections, streams included).")
+@option("--webui-dir", type=click.Path(file_okay=False),
+        help="Folder of the chat page (default: webui/ of this checkout).")
 @option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
         default="info", help="Log level.")

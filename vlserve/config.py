@@ -28,6 +28,7 @@ class Settings:
     quant: str | None = None          # preferred catalog quant (None = the catalog's default)
     switch_on_request: bool = True    # a request naming another local model loads it
     keep_alive: float = 0             # seconds idle before the model is unloaded; 0 = never
+    webui_dir: str | None = None      # the chat page's folder (None: the checkout's webui/)
 
     # engine
     n_ctx: int | None = DEFAULT_CTX   # 0 = the model's training context; None = catalog's
