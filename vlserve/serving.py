@@ -53,8 +53,9 @@ class _Gunicorn(BaseApplication):
 
 
 def run(settings: Settings) -> None:
-    url = f"http://{bind_address(settings.host, settings.port)}/"
-    log.info("vlserve on %s  (API: %sv1/chat/completions)", url, url)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    url = f"http://{bind_address(host, settings.port)}/"
+    log.info("vlserve: chat page at %s  (OpenAI API: %sv1)", url, url)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this address can use the model",
                     settings.host)
