@@ -1,0 +1,902 @@
+"""The chat page (webui/) in a real browser against the real server.
+
+Playwright drives Debian's chromium (never a downloaded browser; $VLSERVE_CHROMIUM overrides
+the path). Without a browser these tests skip, unless VLSERVE_REQUIRE_BROWSER=1 (CI): then
+they fail. Every page records console errors and uncaught exceptions, and a test fails on
+any it did not expect by exact message.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from browser import chromium_path, launch, watch
+from conftest import LiveServer, ROOT, user
+from make_tiny_model import make_model
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 375, "height": 812}
+REQUIRE = os.environ.get("VLSERVE_REQUIRE_BROWSER") == "1"
+STATUS_ERROR = "Failed to load resource: the server responded with a status of {}"
+
+
+def _need_browser() -> None:
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "the playwright package is not installed (pip install -e '.[dev]')"
+    if reason is None and chromium_path() is None:
+        configured = os.environ.get("VLSERVE_CHROMIUM")
+        reason = (f"VLSERVE_CHROMIUM={configured} is not an executable" if configured else
+                  "no chromium found: install Debian's chromium (apt-get install chromium) "
+                  "or set VLSERVE_CHROMIUM")
+    if reason is not None:
+        if REQUIRE:
+            pytest.fail(f"VLSERVE_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+# ---- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser_first():
+    """Skip (or fail) before any server is started for nothing."""
+    _need_browser()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def _server(tmp_path_factory, model, *extra):
+    return LiveServer(model, "--no-warmup", *extra,
+                      log_path=tmp_path_factory.mktemp("webui") / "server.log")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    s = _server(tmp_path_factory, tiny_model, "--queue-size", "3")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def limited_server(tiny_model, tmp_path_factory):
+    """One request may wait (the next gets 503) and bodies over ~10 KB get 413."""
+    s = _server(tmp_path_factory, tiny_model, "--queue-size", "1", "--max-body-mb", "0.01")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def thinking_server(tmp_path_factory):
+    """A Thinking model, with a second model on disk to switch to."""
+    root = tmp_path_factory.mktemp("webui-thinking")
+    model, mmproj = make_model(root / "thinking", thinking=True)
+    make_model(root / "models" / "small", "small")
+    s = LiveServer((str(model), str(mmproj)), "--no-warmup", "--alias", "tiny-thinking",
+                   log_path=root / "server.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def open_page(browser):
+    """open_page(server, settings=..., viewport=..., color_scheme=...) -> a ready page in a
+    fresh context (fresh IndexedDB and localStorage). Fails the test on unexpected errors."""
+    opened = []
+
+    def open_(server, *, settings=None, viewport=DESKTOP, color_scheme="light", path="/",
+              permissions=()):
+        context = browser.new_context(viewport=viewport, color_scheme=color_scheme,
+                                      permissions=list(permissions))
+        if settings is not None:
+            context.add_init_script(
+                f"localStorage.setItem('vlserve.settings', {json.dumps(json.dumps(settings))})")
+        page = context.new_page()
+        page.problems = watch(page)
+        page.set_default_timeout(15_000)
+        opened.append((context, page))
+        page.goto(server.url + path)
+        wait_ready(page)
+        return page
+
+    yield open_
+    failures = []
+    for context, page in opened:
+        failures += page.problems.unexpected()
+        context.close()
+    assert not failures, f"the page logged errors: {failures}"
+
+
+def wait_ready(page):
+    from playwright.sync_api import expect
+    expect(page.locator("html.ready")).to_have_count(1)
+    expect(page.locator("#model-dot")).to_have_attribute("data-state", "ready")
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def png(width=120, height=80, color=(200, 40, 90), noise=False) -> bytes:
+    if noise:   # incompressible: a 200x200 noise PNG is ~120 KB
+        img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    else:
+        img = Image.new("RGB", (width, height), color)
+        img.paste((20, 160, 40), (0, 0, width // 2, height // 2))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def file_payload(name: str, data: bytes) -> dict:
+    return {"name": name, "mimeType": "image/png", "buffer": data}
+
+
+PASTE_JS = """async (b64) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], "pasted.png", { type: "image/png" }));
+  const event = new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+  document.querySelector('[data-testid="composer-input"]').dispatchEvent(event);
+  return event.defaultPrevented;
+}"""
+
+
+def paste_png(page, data: bytes) -> bool:
+    return page.evaluate(PASTE_JS, base64.b64encode(data).decode())
+
+
+def messages(page, role=None):
+    selector = '[data-testid="message"]' + (f'[data-role="{role}"]' if role else "")
+    return page.locator(selector)
+
+
+def send(page, text: str) -> None:
+    box = page.get_by_test_id("composer-input")
+    box.fill(text)
+    box.press("Enter")
+
+
+def wait_answers(page, n: int, timeout=30_000) -> None:
+    from playwright.sync_api import expect
+    expect(page.get_by_test_id("message-stats")).to_have_count(n, timeout=timeout)
+    expect(page.get_by_test_id("send-button")).to_be_visible()
+
+
+def answer_text(page) -> str:
+    return messages(page, "assistant").last.get_by_test_id("message-content").inner_text()
+
+
+def health(server) -> dict:
+    return requests.get(server.url + "/health", timeout=5).json()
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def import_json(page, data: dict, name="chats.json") -> None:
+    page.get_by_test_id("import-input").set_input_files(files=[{
+        "name": name, "mimeType": "application/json", "buffer": json.dumps(data).encode()}])
+
+
+def conversation(cid: str, title: str, pairs: list[tuple[str, str]], when: int | None = None) -> dict:
+    when = when or int(time.time() * 1000)
+    msgs = []
+    for i, (question, answer) in enumerate(pairs):
+        msgs.append({"id": f"{cid}-u{i}", "role": "user", "text": question, "time": when})
+        msgs.append({"id": f"{cid}-a{i}", "role": "assistant", "text": answer, "time": when})
+    return {"id": cid, "title": title, "created": when, "updated": when, "messages": msgs}
+
+
+# ---- tests --------------------------------------------------------------------------------------
+
+def test_page_loads_without_errors(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    expect(page).to_have_title("vlserve")
+    expect(page.locator("#empty-state")).to_contain_text("tiny")
+    expect(page.locator("#empty-state")).to_contain_text("Drop a photo or paste one")
+    expect(page.get_by_test_id("send-button")).to_be_disabled()
+    expect(page.get_by_test_id("stop-button")).to_be_hidden()
+    for name in ("attach-button", "send-button", "theme-toggle", "settings-button",
+                 "sidebar-toggle"):
+        assert page.get_by_test_id(name).get_attribute("aria-label"), name
+    sidebar, toggle = page.get_by_test_id("sidebar"), page.get_by_test_id("sidebar-toggle")
+    expect(sidebar).to_be_visible()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    toggle.click()                           # on a wide screen the list collapses…
+    expect(sidebar).to_be_hidden()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    page.goto(server.url + "/chat.html")     # …stays so, also under the page's other address
+    wait_ready(page)
+    expect(page.get_by_test_id("composer-input")).to_be_focused()   # ready to type
+    expect(sidebar).to_be_hidden()
+    toggle.click()
+    expect(sidebar).to_be_visible()
+
+
+def test_images_by_chooser_and_paste_then_answer_streams(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 2500})
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json)
+            if r.url.endswith("/v1/chat/completions") else None)
+    page.get_by_test_id("file-input").set_input_files(files=[file_payload("chosen.png", png())])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1)
+    assert paste_png(page, png(90, 60, (30, 90, 200))) is True
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(2)
+    page.get_by_test_id("attachment-remove").first.click()     # remove one, paste it again
+    expect(page.get_by_test_id("attachment")).to_have_count(1)
+    paste_png(page, png(90, 60, (30, 90, 200)))
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(2)
+
+    page.evaluate("""() => {   // did the typing indicator ever show? (it lasts milliseconds)
+      window.__typing = false;
+      new MutationObserver(() => {
+        if (document.querySelector('[data-testid="typing-indicator"]')) window.__typing = true;
+      }).observe(document.body, { childList: true, subtree: true });
+    }""")
+    page.get_by_test_id("composer-input").fill("What is in these two pictures?")
+    page.get_by_test_id("send-button").click()
+    expect(page.get_by_test_id("stop-button")).to_be_visible()
+    expect(page.get_by_test_id("attachment")).to_have_count(0)
+
+    lengths = []
+    stats = page.get_by_test_id("message-stats")
+    while stats.count() == 0:
+        lengths.append(page.evaluate("""() => {
+          const m = [...document.querySelectorAll('[data-testid="message"][data-role="assistant"]')].pop();
+          return m ? m.querySelector('[data-testid="message-content"]').textContent.length : 0;
+        }"""))
+        page.wait_for_timeout(40)
+    final = len(answer_text(page).replace("\n", ""))
+    partial = {n for n in lengths if 0 < n < final}
+    assert len(partial) >= 3, f"expected the answer to grow visibly, saw lengths {sorted(set(lengths))}"
+    assert page.evaluate("window.__typing") is True
+
+    expect(stats).to_contain_text("tok/s")
+    expect(stats).to_contain_text("to first token")
+    expect(messages(page, "user").get_by_test_id("message-images").locator("img")).to_have_count(2)
+    body = bodies[0]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 2500
+    parts = body["messages"][-1]["content"]
+    images = [p for p in parts if p["type"] == "image_url"]
+    assert len(images) == 2 and all(p["image_url"]["url"].startswith("data:image/png;base64,")
+                                    for p in images)
+    assert all(p["image_url"]["detail"] == "auto" for p in images)
+    assert parts[-1] == {"type": "text", "text": "What is in these two pictures?"}
+    # the conversation is listed under its first words
+    expect(page.get_by_test_id("conversation-item")).to_have_count(1)
+    expect(page.get_by_test_id("conversation-item")).to_contain_text("What is in these two pictures?")
+
+
+def test_stop_mid_answer_frees_the_server(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 12000}, viewport=PHONE)
+    send(page, "Tell me a long story")
+    stop = page.get_by_test_id("stop-button")
+    expect(stop).to_be_visible()
+    scroller = page.locator("#scroller")
+    # while the reader is at the bottom, the page follows the answer…
+    page.wait_for_function("() => { const s = document.querySelector('#scroller'); "
+                           "return s.scrollHeight > s.clientHeight + 300; }")
+    gap = "s => s.scrollHeight - s.scrollTop - s.clientHeight"
+    assert scroller.evaluate(gap) < 48
+    # …but once they scroll up to re-read, it stays where they are
+    scroller.evaluate("s => { s.scrollTop = s.scrollTop - 200; }")
+    expect(page.locator("#to-bottom")).to_be_visible()
+    length = "() => document.querySelectorAll('[data-testid=message-content]')[1].textContent.length"
+    top, before = scroller.evaluate("s => s.scrollTop"), page.evaluate(length)
+    page.wait_for_function(f"() => ({length})() > {before + 100}")
+    assert abs(scroller.evaluate("s => s.scrollTop") - top) <= 1
+    page.locator("#to-bottom").click()
+    expect(page.locator("#to-bottom")).to_be_hidden()
+    page.wait_for_function("() => { const s = document.querySelector('#scroller'); "
+                           "return s.scrollHeight - s.scrollTop - s.clientHeight < 48; }")
+    stop.click()
+    expect(page.get_by_test_id("send-button")).to_be_visible()
+    expect(stop).to_be_hidden()
+    expect(messages(page, "assistant").last).to_contain_text("Stopped.")
+    kept = len(answer_text(page))
+    assert kept > 100
+
+    t0 = time.monotonic()
+    r = requests.post(server.url + "/v1/chat/completions", timeout=10,
+                      json={"messages": [user("hi")], "max_tokens": 5})
+    assert r.status_code == 200 and time.monotonic() - t0 < 5, r.text
+    state = wait_for(lambda: (h := health(server)) and not h["busy"] and h["queue_depth"] == 0 and h,
+                     timeout=5)
+    assert state["served"]["cancelled"] >= 1
+    page.wait_for_timeout(300)
+    assert len(answer_text(page)) == kept     # nothing arrived after Stop
+
+
+def test_regenerate_replaces_the_last_answer(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 40})
+    send(page, "Say something")
+    wait_answers(page, 1)
+    first_id = messages(page, "assistant").get_attribute("data-id")
+    first_text = answer_text(page)
+    page.get_by_test_id("regenerate-button").click()
+    expect(messages(page, "assistant")).not_to_have_attribute("data-id", first_id)
+    wait_answers(page, 1)
+    expect(messages(page)).to_have_count(2)          # replaced, not a new turn
+    expect(messages(page, "assistant")).to_have_count(1)
+    assert answer_text(page) != first_text
+    page.reload()
+    wait_ready(page)
+    expect(messages(page, "assistant")).to_have_count(1)   # and saved that way
+
+
+def test_edit_last_message_and_resend(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 20})
+    send(page, "first wording")
+    wait_answers(page, 1)
+    old_answer = messages(page, "assistant").get_attribute("data-id")
+    page.get_by_test_id("edit-button").click()
+    editor = page.get_by_role("textbox", name="Edit message")
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value("first wording")
+    editor.fill("second wording")
+    editor.press("Enter")
+    expect(messages(page, "assistant")).not_to_have_attribute("data-id", old_answer)
+    wait_answers(page, 1)
+    expect(messages(page)).to_have_count(2)
+    expect(messages(page, "user").get_by_test_id("message-content")).to_have_text("second wording")
+    expect(page.get_by_test_id("conversation-item")).to_contain_text("second wording")
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 8})
+    box = page.get_by_test_id("composer-input")
+    expect(box).to_be_focused()
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    expect(box).to_have_value("line one\nline two")
+    expect(messages(page)).to_have_count(0)
+    page.keyboard.press("Enter")
+    expect(messages(page, "user").get_by_test_id("message-content")).to_have_text("line one\nline two")
+    expect(box).to_have_value("")
+    wait_answers(page, 1)
+    # copy works from the keyboard too: Tab reaches the message's copy button
+    page.get_by_test_id("copy-button").last.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("copy-button").last).to_have_attribute("aria-label", "Copied")
+
+
+def test_conversation_and_image_survive_reload(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 12})
+    page.get_by_test_id("file-input").set_input_files(files=[file_payload("keep.png", png(160, 100))])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1)
+    send(page, "Remember this picture")
+    wait_answers(page, 1)
+    answer = answer_text(page)
+    page.get_by_test_id("new-chat").click()          # a second chat, so selection matters
+    send(page, "Another chat")
+    wait_answers(page, 1)
+    page.get_by_test_id("conversation-item").filter(has_text="Remember this picture").click()
+    expect(page.locator("#chat-title")).to_have_text("Remember this picture")
+
+    page.reload()
+    wait_ready(page)
+    expect(page.locator("#chat-title")).to_have_text("Remember this picture")
+    expect(page.locator(".conv.active")).to_contain_text("Remember this picture")
+    expect(messages(page)).to_have_count(2)
+    assert answer_text(page) == answer
+    img = messages(page, "user").get_by_test_id("message-images").locator("img")
+    expect(img).to_have_count(1)
+    img.scroll_into_view_if_needed()
+    page.wait_for_function("""() => {
+      const i = document.querySelector('[data-testid="message-images"] img');
+      return i && i.complete && i.naturalWidth === 160;
+    }""")
+    img.click()                                           # full size in the lightbox
+    expect(page.get_by_test_id("lightbox")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.get_by_test_id("lightbox")).to_be_hidden()
+
+
+def test_export_delete_import_round_trip(server, open_page, tmp_path):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 10})
+    page.get_by_test_id("file-input").set_input_files(files=[file_payload("a.png", png())])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1)
+    send(page, "chat one")
+    wait_answers(page, 1)
+    page.get_by_test_id("new-chat").click()
+    send(page, "chat two")
+    wait_answers(page, 1)
+    before = page.evaluate("""async () => {
+      const db = await new Promise((ok, ko) => { const r = indexedDB.open('vlserve'); r.onsuccess = () => ok(r.result); r.onerror = ko; });
+      return await new Promise((ok) => { const r = db.transaction('conversations').objectStore('conversations').getAll(); r.onsuccess = () => ok(r.result); });
+    }""")
+    assert len(before) == 2
+
+    with page.expect_download() as info:
+        page.get_by_test_id("export-all").click()
+    path = tmp_path / "export.json"
+    info.value.save_as(path)
+    exported = json.loads(path.read_text())
+    assert exported["format"] == "vlserve-chats"
+    assert {c["title"] for c in exported["conversations"]} == {"chat one", "chat two"}
+
+    one = page.get_by_test_id("conversation-item").filter(has_text="chat one")
+    one.hover()
+    with page.expect_download() as info:
+        one.get_by_test_id("conversation-export").click()
+    single = json.loads(Path(info.value.path()).read_text())
+    assert [c["title"] for c in single["conversations"]] == ["chat one"]
+    assert info.value.suggested_filename.startswith("vlserve-chat-one-")
+
+    for _ in range(2):
+        item = page.get_by_test_id("conversation-item").first
+        item.hover()
+        item.get_by_test_id("conversation-delete").click()
+        page.get_by_test_id("confirm-ok").click()
+    expect(page.get_by_test_id("conversation-item")).to_have_count(0)
+    expect(messages(page)).to_have_count(0)
+
+    page.get_by_test_id("import-input").set_input_files(path)
+    expect(page.get_by_test_id("conversation-item")).to_have_count(2)
+    after = {c["id"]: c for c in page.evaluate("""async () => {
+      const db = await new Promise((ok, ko) => { const r = indexedDB.open('vlserve'); r.onsuccess = () => ok(r.result); r.onerror = ko; });
+      return await new Promise((ok) => { const r = db.transaction('conversations').objectStore('conversations').getAll(); r.onsuccess = () => ok(r.result); });
+    }""")}
+    for conv in before:
+        restored = after[conv["id"]]
+        assert restored["title"] == conv["title"]
+        assert [(m["role"], m["text"], [i["url"] for i in m.get("images", [])])
+                for m in restored["messages"]] == \
+               [(m["role"], m["text"], [i["url"] for i in m.get("images", [])])
+                for m in conv["messages"]]
+    # importing the same file again merges: nothing is duplicated
+    page.get_by_test_id("import-input").set_input_files(path)
+    expect(page.get_by_test_id("toast").filter(has_text="already here")).to_be_visible()
+    expect(page.get_by_test_id("conversation-item")).to_have_count(2)
+    page.get_by_test_id("conversation-item").filter(has_text="chat one").locator(".conv-open").click()
+    expect(messages(page, "user").get_by_test_id("message-images").locator("img")).to_have_count(1)
+
+
+def test_rename_and_search_conversations(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    now = int(time.time() * 1000)
+    import_json(page, {"conversations": [
+        conversation("c1", "Invoice photo", [("q", "a")], now - 1000),
+        conversation("c2", "Broken gear", [("q", "a")], now - 2000),
+        conversation("c3", "Gear ratios", [("q", "a")], now - 3000)]})
+    items = page.get_by_test_id("conversation-item")
+    expect(items).to_have_count(3)
+    page.get_by_test_id("conversation-search").fill("gear")
+    expect(items).to_have_count(2)
+    page.get_by_test_id("conversation-search").fill("nothing like this")
+    expect(items).to_have_count(0)
+    expect(page.locator("#conversations-empty")).to_contain_text("No chats match")
+    page.get_by_test_id("conversation-search").fill("")
+    expect(items).to_have_count(3)
+    item = items.filter(has_text="Broken gear")
+    item.hover()
+    item.get_by_test_id("conversation-rename").click()
+    box = page.get_by_role("textbox", name="Chat title")
+    box.fill("Gearbox, cracked tooth")
+    box.press("Enter")
+    expect(items.filter(has_text="Gearbox, cracked tooth")).to_have_count(1)
+    page.reload()
+    wait_ready(page)
+    expect(items.filter(has_text="Gearbox, cracked tooth")).to_have_count(1)
+
+
+def test_busy_server_shows_toast_with_retry(limited_server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(limited_server, settings={"maxTokens": 8})
+    page.problems.allow(STATUS_ERROR.format(503))
+    url = limited_server.url + "/v1/chat/completions"
+    long = {"messages": [user("occupy")], "max_tokens": 12000, "stream": True}
+    running = requests.post(url, json=long, stream=True, timeout=30)
+    held = [running]
+    try:
+        wait_for(lambda: health(limited_server)["busy"])
+        queued = requests.post(url, json=long, stream=True, timeout=30)
+        held.append(queued)
+        assert running.status_code == queued.status_code == 200
+        wait_for(lambda: health(limited_server)["queue_depth"] == 1)
+        send(page, "Are you free?")
+        toast = page.get_by_test_id("toast").filter(has_text="busy")
+        expect(toast).to_be_visible()
+        expect(toast).to_have_attribute("data-kind", "error")
+        expect(toast.get_by_test_id("toast-retry")).to_be_visible()
+        # nothing typed is lost: the message is back in the box, no half turn in the chat
+        expect(page.get_by_test_id("composer-input")).to_have_value("Are you free?")
+        expect(messages(page)).to_have_count(0)
+    finally:
+        for r in held:
+            r.close()
+    wait_for(lambda: (h := health(limited_server)) and not h["busy"] and h["queue_depth"] == 0)
+    page.get_by_test_id("toast-retry").click()
+    wait_answers(page, 1)
+    expect(messages(page, "user").get_by_test_id("message-content")).to_have_text("Are you free?")
+
+
+def test_image_too_large_shows_413_toast(limited_server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(limited_server)
+    page.problems.allow(STATUS_ERROR.format(413))
+    page.get_by_test_id("file-input").set_input_files(
+        files=[file_payload("noise.png", png(200, 200, noise=True))])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1)
+    send(page, "Too big?")
+    toast = page.get_by_test_id("toast").filter(has_text="Too large")
+    expect(toast).to_be_visible()
+    expect(toast).to_have_attribute("data-kind", "error")
+    expect(toast).to_contain_text("Remove an image")
+    expect(page.get_by_test_id("attachment")).to_have_count(1)     # still there to remove
+    toast.get_by_role("button", name="Dismiss notification").click()
+    expect(toast).to_have_count(0)
+
+
+def test_context_too_long_says_what_to_do(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 16384})   # the whole context kept for the answer
+    page.problems.allow(STATUS_ERROR.format(400))
+    send(page, "hello")
+    toast = page.get_by_test_id("toast").filter(has_text="too long")
+    expect(toast).to_be_visible()
+    expect(toast).to_contain_text("Start a new chat")
+    expect(toast).to_contain_text("16384 tokens")                # the server's numbers, kept
+    expect(page.get_by_test_id("composer-input")).to_have_value("hello")
+    toast.get_by_role("button", name="New chat").click()
+    expect(page.locator("#empty-state")).to_be_visible()
+    expect(page.get_by_test_id("composer-input")).to_have_value("hello")
+
+
+def test_unreachable_server_shows_toast(tiny_model, tmp_path_factory, open_page):
+    from playwright.sync_api import expect
+    gone = _server(tmp_path_factory, tiny_model)
+    try:
+        page = open_page(gone, settings={"maxTokens": 4})
+    finally:
+        gone.stop()
+    page.problems.allow("net::ERR_CONNECTION_REFUSED")
+    send(page, "anyone there?")
+    toast = page.get_by_test_id("toast").filter(has_text="Can't reach the server")
+    expect(toast).to_be_visible()
+    expect(toast.get_by_test_id("toast-retry")).to_be_visible()
+    expect(page.get_by_test_id("composer-input")).to_have_value("anyone there?")
+    expect(page.locator("#model-dot")).not_to_have_attribute("data-state", "ready")
+
+
+def test_loading_model_is_explained(server, open_page, browser):
+    """A tiny model loads in milliseconds, too fast to catch for real: here /health and the
+    first chat request answer as a loading server does (503 + reason), through page.route."""
+    from playwright.sync_api import expect
+    loading = {"status": "loading", "reason": "loading qwen3-vl-8b-instruct (40%)",
+               "model": "qwen3-vl-8b-instruct", "queue_depth": 0, "busy": False}
+    calls = {"health": 0, "chat": 0}
+
+    def fake_health(route):
+        calls["health"] += 1
+        if calls["health"] <= 2:
+            route.fulfill(status=503, json=loading, headers={"Retry-After": "5"})
+        else:
+            route.continue_()
+
+    def fake_chat(route):
+        calls["chat"] += 1
+        if calls["chat"] == 1:
+            route.fulfill(status=503, json={"error": {
+                "message": "the model is not ready: loading qwen3-vl-8b-instruct (40%)",
+                "type": "service_unavailable", "param": None, "code": "model_not_ready"}})
+        else:
+            route.continue_()
+
+    context = browser.new_context(viewport=DESKTOP)
+    context.add_init_script("localStorage.setItem('vlserve.settings', JSON.stringify({maxTokens: 4}))")
+    context.route("**/health", fake_health)
+    context.route("**/v1/chat/completions", fake_chat)
+    page = context.new_page()
+    problems = watch(page)
+    problems.allow(STATUS_ERROR.format(503))
+    try:
+        page.goto(server.url)
+        note = page.get_by_test_id("toast").filter(has_text="The model is loading")
+        expect(note).to_be_visible()
+        expect(note).to_have_attribute("data-kind", "info")
+        expect(note).to_contain_text("loading qwen3-vl-8b-instruct (40%)")
+        expect(page.locator("#model-dot")).to_have_attribute("data-state", "loading")
+        send(page, "hi")
+        toast = page.get_by_test_id("toast").filter(has_text="still loading")
+        expect(toast).to_contain_text("Loading qwen3-vl-8b-instruct (40%)")
+        ready = page.locator('[data-testid="toast"][data-kind="success"]').filter(has_text="tiny is ready")
+        expect(ready).to_be_visible(timeout=10_000)             # said once it is back
+        expect(page.locator("#model-dot")).to_have_attribute("data-state", "ready")
+        toast.get_by_test_id("toast-retry").click()
+        wait_answers(page, 1)
+        assert not problems.unexpected(), problems.unexpected()
+    finally:
+        context.close()
+
+
+def test_context_dropped_by_the_server_is_noted(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 8})
+    rng = random.Random(7)      # ~20k tokens of words: more than the 16k context
+    long = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+                    for _ in range(9000))
+    old = conversation("big", "Long history", [("old question", long)])
+    old["messages"][0]["images"] = [{"url": "data:image/png;base64," + base64.b64encode(png()).decode(),
+                                     "name": "old.png", "width": 120, "height": 80}]
+    import_json(page, {"conversations": [old]})
+    expect(messages(page)).to_have_count(2)
+    send(page, "and now?")
+    wait_answers(page, 1)
+    note = messages(page, "assistant").last.locator(".message-note")
+    expect(note).to_contain_text("To fit the model's context, 1 older image and 2 older messages were left out.")
+
+
+def test_dark_mode_toggle(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    html = page.locator("html")
+    expect(html).to_have_attribute("data-theme", "light")
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    light = page.evaluate(background)
+    page.get_by_test_id("theme-toggle").click()
+    expect(html).to_have_attribute("data-theme", "dark")
+    dark = page.evaluate(background)
+    assert light != dark and dark == "rgb(23, 25, 30)", (light, dark)
+    page.reload()
+    wait_ready(page)
+    expect(html).to_have_attribute("data-theme", "dark")        # the choice is kept
+    system_dark = open_page(server, color_scheme="dark")        # no choice: follow the system
+    expect(system_dark.locator("html")).to_have_attribute("data-theme", "dark")
+
+
+def test_phone_width_has_no_overflow_and_a_drawer(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, viewport=PHONE)
+    wide = "x" * 300 + " | a | b |\n|---|---|\n| " + "long " * 40 + "| cell |\n\n```\n" + "y" * 400 + "\n```"
+    import_json(page, {"conversations": [conversation("wide", "Wide content", [("z" * 500, wide)])]})
+    expect(messages(page)).to_have_count(2)
+    sidebar = page.get_by_test_id("sidebar")
+    expect(sidebar).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.evaluate("document.querySelector('#scroller').scrollWidth") <= 375
+    page.get_by_test_id("sidebar-toggle").click()
+    expect(sidebar).to_be_visible()
+    expect(page.get_by_test_id("new-chat")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(sidebar).to_be_hidden()
+    page.get_by_test_id("sidebar-toggle").click()
+    page.get_by_test_id("conversation-item").locator(".conv-open").click()
+    expect(sidebar).to_be_hidden()                   # picking a chat closes the drawer
+    page.get_by_test_id("settings-button").click()
+    expect(page.get_by_test_id("settings-dialog")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.keyboard.press("Escape")
+    page.set_viewport_size({"width": 360, "height": 740})    # the narrowest phones supported
+    page.wait_for_timeout(100)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    assert page.evaluate("document.querySelector('#scroller').scrollWidth") <= 360
+
+
+def test_markdown_is_rendered_and_sanitized(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, permissions=["clipboard-read", "clipboard-write"])
+    answer = ("Here you go:\n\n| Part | Count |\n|---|---|\n| bolt | 4 |\n| nut | 4 |\n\n"
+              "- first\n- second\n\n```python\ndef area(r):\n    return 3.14 * r * r\n```\n\n"
+              '<img src=x onerror="window.__xss=1">\n\n<script>window.__xss=2</script>\n\n'
+              '[docs](https://example.com/docs) and <a href="javascript:window.__xss=3">bad</a>')
+    import_json(page, {"conversations": [conversation("md", "Markdown", [("show me", answer)])]})
+    content = messages(page, "assistant").get_by_test_id("message-content")
+    expect(content.locator("table")).to_have_count(1)
+    expect(content.locator("table td")).to_have_count(4)
+    expect(content.locator("ul > li")).to_have_count(2)
+    code = content.locator("pre code")
+    expect(code).to_have_class(re.compile(r"\bhljs\b"))
+    expect(code.locator(".hljs-keyword")).to_have_count(2)       # def, return
+    expect(content.locator("img, script")).to_have_count(0)
+    assert page.evaluate("window.__xss") is None
+    link = content.get_by_role("link", name="docs")
+    expect(link).to_have_attribute("target", "_blank")
+    expect(link).to_have_attribute("rel", re.compile("noopener"))
+    expect(content.get_by_text("bad")).not_to_have_attribute("href", re.compile("javascript"))
+    copy = content.get_by_test_id("code-copy")
+    expect(copy).to_have_count(1)
+    expect(messages(page, "assistant").get_by_test_id("copy-button")).to_have_count(1)
+    copy.click()
+    assert page.evaluate("navigator.clipboard.readText()") == "def area(r):\n    return 3.14 * r * r"
+    page.wait_for_timeout(100)
+    assert page.evaluate("window.__xss") is None
+
+
+def test_drop_an_image_on_the_page(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    handle = page.evaluate_handle("""async (b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const data = new DataTransfer();
+      data.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+      return data;
+    }""", base64.b64encode(png()).decode())
+    page.dispatch_event("#scroller", "dragenter", {"dataTransfer": handle})
+    expect(page.get_by_test_id("drop-overlay")).to_be_visible()
+    page.dispatch_event("#scroller", "drop", {"dataTransfer": handle})
+    expect(page.get_by_test_id("drop-overlay")).to_be_hidden()
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1)
+
+
+def test_big_photo_is_downscaled_before_upload(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 4})
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json)
+            if r.url.endswith("/v1/chat/completions") else None)
+    img = Image.frombytes("RGB", (3000, 2000), os.urandom(3000 * 2000 * 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6             # a phone held upright: stored landscape, shown rotated 90°
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, exif=exif)
+    page.get_by_test_id("file-input").set_input_files(
+        files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": buf.getvalue()}])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1, timeout=20_000)
+    send(page, "big")
+    wait_answers(page, 1)
+    url = next(p for p in bodies[0]["messages"][-1]["content"] if p["type"] == "image_url")["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (1024, 1536)     # long side 1536, and upright as the phone showed it
+
+
+def test_thinking_model_shows_collapsed_reasoning(thinking_server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(thinking_server, settings={"maxTokens": 40})
+    send(page, "Think about it")
+    wait_answers(page, 1)
+    thinking = messages(page, "assistant").get_by_test_id("thinking")
+    expect(thinking).to_have_count(1)
+    expect(thinking).not_to_have_attribute("open", "")
+    assert thinking.evaluate("d => d.open") is False
+    assert len(thinking.locator(".thinking-body").text_content().strip()) > 10
+    expect(thinking.locator("summary")).to_have_text(re.compile(r"^Thought for \d+ s$"))
+    thinking.locator("summary").click()
+    expect(thinking.locator(".thinking-body")).to_be_visible()
+
+
+def test_model_selector_switches_with_progress(thinking_server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(thinking_server)
+    page.get_by_test_id("settings-button").click()
+    dialog = page.get_by_test_id("settings-dialog")
+    expect(dialog).to_be_visible()
+    select = page.get_by_test_id("model-select")
+    listed = {m["id"] for m in requests.get(thinking_server.url + "/v1/models", timeout=5).json()["data"]}
+    assert listed == {"tiny-thinking", "qwen3vl-small-f32"}
+    expect(select.locator("option")).to_have_count(2)
+    expect(select).to_have_value("tiny-thinking")
+    expect(select).to_be_enabled()
+    select.select_option("qwen3vl-small-f32")
+    expect(page.get_by_test_id("model-progress")).to_be_visible()
+    toast = page.get_by_test_id("toast").filter(has_text="Model switched")
+    expect(toast).to_be_visible(timeout=30_000)
+    expect(toast).to_have_attribute("data-kind", "success")
+    expect(page.get_by_test_id("model-progress")).to_have_js_property("value", 1)
+    expect(page.locator("#model-progress-text")).to_contain_text("Loaded qwen3vl-small-f32")
+    loaded = [m["id"] for m in requests.get(thinking_server.url + "/v1/models", timeout=5).json()["data"]
+              if m["loaded"]]
+    assert loaded == ["qwen3vl-small-f32"]
+    expect(page.locator("#model-name")).to_have_text("qwen3vl-small-f32")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+
+def test_settings_are_kept_and_sent(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json)
+            if r.url.endswith("/v1/chat/completions") else None)
+    page.get_by_test_id("settings-button").click()
+    page.get_by_test_id("system-prompt").fill("You are terse.")
+    page.get_by_test_id("max-tokens").fill("6")
+    page.get_by_test_id("temperature").evaluate(
+        "el => { el.value = '0.3'; el.dispatchEvent(new Event('input', { bubbles: true })); }")
+    page.get_by_test_id("image-detail").select_option("low")
+    page.keyboard.press("Escape")
+    page.reload()
+    wait_ready(page)
+    page.get_by_test_id("settings-button").click()
+    expect(page.get_by_test_id("system-prompt")).to_have_value("You are terse.")
+    expect(page.get_by_test_id("max-tokens")).to_have_value("6")
+    expect(page.get_by_test_id("image-detail")).to_have_value("low")
+    page.keyboard.press("Escape")
+    page.get_by_test_id("file-input").set_input_files(files=[file_payload("s.png", png())])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1)
+    send(page, "hello")
+    wait_answers(page, 1)
+    body = bodies[0]
+    assert body["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert body["max_tokens"] == 6 and body["temperature"] == 0.3
+    assert body["model"] == "tiny"
+    assert body["messages"][1]["content"][0]["image_url"]["detail"] == "low"
+
+
+def test_api_key_dialog_on_401(server, open_page):
+    """The server has no API keys yet, so a 401 cannot happen for real: this test alone
+    answers the first chat request with a 401 through page.route, then lets requests pass."""
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 6})
+    page.problems.allow(STATUS_ERROR.format(401))
+    seen = []
+
+    def handle(route):
+        seen.append(route.request.headers.get("authorization"))
+        if len(seen) == 1:
+            route.fulfill(status=401, content_type="application/json", body=json.dumps(
+                {"error": {"message": "invalid API key", "type": "authentication_error",
+                           "param": None, "code": "invalid_api_key"}}))
+        else:
+            route.continue_()
+
+    page.route("**/v1/chat/completions", handle)
+    send(page, "secret question")
+    dialog = page.get_by_test_id("api-key-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("invalid API key")
+    key = page.get_by_test_id("api-key-input")
+    expect(key).to_be_focused()
+    key.fill("sk-test-123")
+    key.press("Enter")
+    expect(dialog).to_be_hidden()
+    wait_answers(page, 1)
+    assert seen == [None, "Bearer sk-test-123"]
+    assert page.evaluate("localStorage.getItem('vlserve.apiKey')") == "sk-test-123"
+    page.unroute("**/v1/chat/completions")
+
+
+def test_screenshots_script_writes_three_pngs(server, browser, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from screenshots import main
+    # its own thread: Playwright's sync API allows one running instance per thread, and the
+    # module's browser fixture holds this one
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        written=main([str(tmp_path), "--url", server.url])))
+    worker.start()
+    worker.join(120)
+    written = result["written"]
+    sizes = {p.name: Image.open(p).size for p in written}
+    assert sizes == {"desktop-light.png": (1280, 800), "desktop-dark.png": (1280, 800),
+                     "phone.png": (375, 812)}

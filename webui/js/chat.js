@@ -1,0 +1,348 @@
+// The conversation being shown and the one answer being generated: sending, streaming into
+// the page, stop, regenerate, edit-and-resend, and what happens when a request fails
+// (before any answer: the turn is undone and the message goes back into the box, so a
+// Retry or an edit loses nothing).
+
+import { ApiError, isAbort, streamChat } from "./api.js";
+import { askForKey } from "./auth.js";
+import * as composer from "./composer.js";
+import { newId } from "./dom.js";
+import { explain } from "./explain.js";
+import { currentModel, noteServedModel, watchHealth } from "./models.js";
+import { renderMessages, startEdit, StreamView } from "./render.js";
+import { follow, scrollToBottom } from "./scroll.js";
+import { settings } from "./settings.js";
+import * as store from "./store.js";
+import { toast } from "./toasts.js";
+
+const TITLE_MAX = 60;
+const SAVE_EVERY_MS = 2000;
+const state = { conv: null, stream: null };
+const loaded = new Map();      // id -> conversation object (the same object while it streams)
+let ui, hooks;
+
+/** hooks: {changed(conv): the list and title need refreshing} */
+export function initChat(h) {
+  hooks = h;
+  ui = {
+    messages: document.getElementById("messages"),
+    empty: document.getElementById("empty-state"),
+    title: document.getElementById("chat-title"),
+  };
+}
+
+export const currentId = () => state.conv?.id ?? null;
+
+export async function openConversation(id) {
+  const conv = loaded.get(id) ?? (await store.getConversation(id));
+  if (!conv) return false;
+  loaded.set(id, conv);
+  state.conv = conv;
+  ui.messages.replaceChildren();
+  render();
+  scrollToBottom();
+  return true;
+}
+
+export function newChat() {
+  state.conv = null;
+  ui.messages.replaceChildren();
+  render();
+}
+
+/** After a delete: forget it (stopping its answer if one is streaming). */
+export function forget(id) {
+  if (state.stream?.conv.id === id) state.stream.controller.abort();
+  loaded.delete(id);
+  if (state.conv?.id === id) newChat();
+}
+
+/** After an import replaced stored copies: drop the in-memory ones. */
+export function invalidate(ids) {
+  for (const id of ids) if (state.stream?.conv.id !== id) loaded.delete(id);
+}
+
+export async function rename(id, title) {
+  const conv = loaded.get(id) ?? (await store.getConversation(id));
+  if (!conv) return;
+  Object.assign(conv, { title, renamed: true });
+  await store.putConversation(conv);
+  if (state.conv?.id === id) render();
+}
+
+export function render() {
+  const conv = state.conv;
+  ui.empty.hidden = Boolean(conv?.messages.length);
+  ui.messages.hidden = !conv?.messages.length;
+  ui.title.textContent = conv?.title || "New chat";
+  document.title = conv?.title ? `${conv.title} · vlserve` : "vlserve";
+  if (!conv) return;
+  renderMessages(ui.messages, conv, {
+    streamingId: state.stream?.conv === conv ? state.stream.message.id : null,
+    busy: state.stream !== null,
+    modelName: currentModel(),
+    onRegenerate: regenerate,
+    onEdit: edit,
+  });
+  follow();     // a finished answer grew by its numbers line: stay at the bottom if there
+}
+
+// ---- the three ways to ask for an answer ---------------------------------------------------
+
+export async function send() {
+  if (state.stream) return;
+  const draft = composer.take();
+  if (!draft.text && !draft.images.length) return;
+  const conv = state.conv ?? startConversation();
+  const message = { id: newId(), role: "user", text: draft.text, time: Date.now(),
+    images: draft.images.map(({ url, name, width, height, bytes }) => ({ url, name, width, height, bytes })) };
+  conv.messages.push(message);
+  if (!conv.renamed && conv.messages.filter((m) => m.role === "user").length === 1) {
+    conv.title = titleFrom(draft.text, draft.images.length);
+  }
+  scrollToBottom();
+  await generate(conv, {
+    retry: send,
+    undo: () => {
+      conv.messages.splice(conv.messages.indexOf(message), 1);
+      composer.restore(draft);
+    },
+  });
+}
+
+export async function regenerate(conv = state.conv) {
+  if (state.stream || !conv) return;
+  const old = conv.messages.at(-1);
+  if (old?.role === "assistant") conv.messages.pop();
+  await generate(conv, {
+    retry: () => regenerate(conv),
+    undo: () => { if (old?.role === "assistant") conv.messages.push(old); },
+  });
+}
+
+function edit(message, node) {
+  if (state.stream) return;
+  const close = () => {
+    node._sig = null;     // rebuilt without the editor on the next render
+    render();
+  };
+  startEdit(node, message.text, {
+    onCancel: close,
+    onSave: (text) => {
+      if (!text && !message.images?.length) return;
+      close();
+      resend(state.conv, message, text);
+    },
+  });
+}
+
+/** The edited last question replaces the old one; everything after it goes. */
+async function resend(conv, message, text) {
+  if (state.stream) return;
+  const before = conv.messages.slice();
+  const oldText = message.text;
+  const oldTitle = conv.title;
+  conv.messages.splice(conv.messages.indexOf(message) + 1);
+  message.text = text;
+  if (!conv.renamed && conv.messages.find((m) => m.role === "user") === message) {
+    conv.title = titleFrom(text, message.images?.length || 0);
+  }
+  await generate(conv, {
+    retry: () => resend(conv, message, text),
+    undo: () => {
+      conv.messages.splice(0, conv.messages.length, ...before);
+      message.text = oldText;
+      conv.title = oldTitle;
+    },
+  });
+}
+
+function startConversation() {
+  const now = Date.now();
+  const conv = { id: newId(), title: "New chat", created: now, updated: now, messages: [] };
+  loaded.set(conv.id, conv);
+  state.conv = conv;
+  return conv;
+}
+
+function titleFrom(text, imageCount) {
+  const line = text.replace(/\s+/g, " ").trim();
+  if (!line) return imageCount > 1 ? `${imageCount} images` : "Image";
+  return line.length > TITLE_MAX ? `${line.slice(0, TITLE_MAX - 1).trimEnd()}…` : line;
+}
+
+// ---- streaming -------------------------------------------------------------------------------
+
+async function generate(conv, { retry, undo }) {
+  // partial: cleared when the stream ends; still set after a reload means it was cut short
+  const answer = { id: newId(), role: "assistant", text: "", reasoning: "", time: Date.now(),
+    model: currentModel(), partial: true };
+  conv.messages.push(answer);
+  conv.updated = Date.now();
+  const controller = new AbortController();
+  const view = new StreamView(ui.messages, answer);
+  state.stream = { conv, message: answer, controller };
+  setBusy(true);
+  const timing = { start: performance.now(), firstToken: null, reasoningStart: null };
+  let started = false;
+  let savedAt = 0;
+  try {
+    for await (const chunk of streamChat(requestBody(conv), controller.signal)) {
+      if (!started) {
+        started = true;
+        await save(conv);       // the question is kept even if the page closes mid-answer
+      }
+      applyChunk(answer, chunk, timing);
+      view.update();
+      if (performance.now() - savedAt > SAVE_EVERY_MS) {   // and most of a long answer too
+        savedAt = performance.now();
+        store.putConversation(conv).catch(() => {});
+      }
+    }
+  } catch (err) {
+    view.cancel();
+    if (isAbort(err)) answer.stopped = true;
+    else if (!answer.text && !answer.reasoning) {
+      conv.messages.splice(conv.messages.indexOf(answer), 1);
+      undo();
+      await failed(asApiError(err), retry);
+    } else {
+      // part of an answer arrived: keep it, say why it ends there; Retry answers again
+      const error = asApiError(err);
+      answer.error = `${explain(error).title}: ${error.message}.`;
+      await failed(error, () => regenerate(conv), { quiet: true });
+    }
+  } finally {
+    view.cancel();
+    delete answer.partial;
+    finish(answer, timing);
+    state.stream = null;
+    setBusy(false);
+    if (conv.messages.length) await save(conv);
+    else await forgetEmpty(conv);
+  }
+}
+
+function setBusy(on) {
+  composer.setStreaming(on);
+  ui.messages.setAttribute("aria-busy", String(on));
+  render();
+}
+
+function requestBody(conv) {
+  const s = settings();
+  const messages = [];
+  if (s.systemPrompt.trim()) messages.push({ role: "system", content: s.systemPrompt.trim() });
+  for (const m of conv.messages) {
+    if (m.role === "user") {
+      // images first, then the question: the order Qwen-VL's own examples use
+      const parts = (m.images || []).map((image) => ({ type: "image_url", image_url: { url: image.url, detail: s.imageDetail } }));
+      if (m.text) parts.push({ type: "text", text: m.text });
+      messages.push({ role: "user", content: parts });
+    } else if (m.text) {
+      messages.push({ role: "assistant", content: m.text });
+    }
+  }
+  const body = { messages, stream: true, stream_options: { include_usage: true }, temperature: s.temperature };
+  if (currentModel()) body.model = currentModel();
+  if (s.maxTokens) body.max_tokens = s.maxTokens;
+  return body;
+}
+
+function applyChunk(answer, chunk, timing) {
+  if (chunk.model) {
+    answer.model = chunk.model;
+    noteServedModel(chunk.model);
+  }
+  const choice = chunk.choices?.[0];
+  const delta = choice?.delta ?? {};
+  const now = performance.now();
+  if (delta.reasoning_content) {
+    timing.reasoningStart ??= now;
+    timing.firstToken ??= now;
+    answer.reasoning += delta.reasoning_content;
+  }
+  if (delta.content) {
+    timing.firstToken ??= now;
+    if (answer.reasoning && answer.reasoningMs == null) answer.reasoningMs = now - timing.reasoningStart;
+    answer.text += delta.content;
+  }
+  if (choice?.finish_reason) {
+    answer.finish = choice.finish_reason;
+    timing.timings = chunk.timings;
+    if (chunk.context) answer.context = chunk.context;
+  }
+  if (chunk.usage) timing.usage = chunk.usage;
+}
+
+function finish(answer, timing) {
+  if (answer.reasoning && answer.reasoningMs == null && timing.reasoningStart != null) {
+    answer.reasoningMs = performance.now() - timing.reasoningStart;
+  }
+  const t = timing.timings;
+  const u = timing.usage;
+  if (!t && !u) return;
+  answer.stats = {
+    ttftMs: t?.ttft_ms ?? (timing.firstToken != null ? timing.firstToken - timing.start : undefined),
+    tokensPerSecond: t?.decode_tokens_per_s,
+    promptTokens: u?.prompt_tokens,
+    completionTokens: u?.completion_tokens,
+    cachedTokens: u?.prompt_tokens_details?.cached_tokens ?? t?.cached_tokens,
+    imageTokens: u?.prompt_tokens_details?.image_tokens,
+    promptMs: t?.prompt_ms,
+    promptEvaluated: t?.prompt_tokens_evaluated,
+    imageEncodeMs: t?.image_encode_ms,
+    imagesEncoded: t?.images_encoded,
+    imagesFromCache: t?.images_from_cache,
+    predictedMs: t?.predicted_ms,
+  };
+  for (const key of Object.keys(answer.stats)) if (answer.stats[key] == null) delete answer.stats[key];
+}
+
+function asApiError(err) {
+  if (err instanceof ApiError) return err;
+  // a dropped connection mid-stream surfaces as a TypeError from the reader
+  return new ApiError(0, { code: "unreachable", message: String(err?.message || err) }, { midStream: true });
+}
+
+async function save(conv) {
+  conv.updated = Math.max(conv.updated, Date.now());
+  try {
+    await store.putConversation(conv);
+  } catch (err) {
+    toast({ kind: "error", key: "save", title: "Could not save the chat",
+      message: `The browser refused to store it (${err?.message || err}). Free some space or export your chats.` });
+  }
+  hooks.changed(conv);
+}
+
+async function forgetEmpty(conv) {
+  loaded.delete(conv.id);
+  await store.deleteConversation(conv.id).catch(() => {});
+  if (state.conv === conv) state.conv = null;
+  render();
+  hooks.changed(null);
+}
+
+// ---- errors -------------------------------------------------------------------------------
+
+async function failed(err, retry, { quiet = false } = {}) {
+  let health = null;
+  if (err.status === 0 || (err.status === 503 && err.code !== "server_busy")) {
+    // why it is down (for the message), the dot shows it, and "Ready" is said when it is back
+    health = await watchHealth({ quiet: true });
+  }
+  const { title, message, retry: canRetry, newChat: offerNewChat } = explain(err, health);
+  const actions = [];
+  if (canRetry) actions.push({ label: "Retry", testid: "toast-retry", run: retry });
+  if (offerNewChat) actions.push({ label: "New chat", testid: "toast-new-chat", run: () => hooks.newChat() });
+  if (err.status === 401) {
+    actions.push({ label: "Enter key", testid: "toast-key", run: async () => { if (await askForKey(err.message)) retry(); } });
+  }
+  if (quiet && !actions.length) return;   // already written under the interrupted answer
+  toast({ kind: "error", title, message, actions, key: "request" });
+}
+
+export function stop() {
+  state.stream?.controller.abort();
+}

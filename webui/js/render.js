@@ -1,0 +1,271 @@
+// Messages on screen: one <article> per message, reused between renders when the message
+// did not change (so images never reload and focus is not lost), the per-answer numbers,
+// and StreamView, which paints a streaming answer at most once per animation frame.
+
+import { el, icon, iconButton, clockTime, fullDate, copyText, flashCopied } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
+import { openLightbox } from "./lightbox.js";
+import { follow } from "./scroll.js";
+
+/**
+ * Bring `container` in line with `conv.messages`. `ctx`: {streamingId, busy, onEdit,
+ * onRegenerate, modelName}.
+ */
+export function renderMessages(container, conv, ctx) {
+  const existing = new Map([...container.children].map((n) => [n.dataset.id, n]));
+  const initial = existing.size === 0;     // a chat just opened: no entry animations
+  const last = conv.messages.length - 1;
+  const lastUser = conv.messages.findLastIndex((m) => m.role === "user");
+  let previous = null;
+  conv.messages.forEach((message, index) => {
+    const sig = signature(message, ctx.streamingId === message.id);
+    let node = existing.get(message.id);
+    if (!node || node._sig !== sig) {
+      const fresh = buildMessage(message, ctx);
+      // only a message new to the screen slides in; a rebuilt one (the answer that just
+      // finished, an edited question) must not flash
+      if (!node && !initial) fresh.classList.add("enter");
+      if (node) {
+        keepOpen(node, fresh);
+        node.replaceWith(fresh);
+      }
+      node = fresh;
+      node._sig = sig;
+    }
+    existing.delete(message.id);
+    setActions(node, message, { ctx, isLast: index === last, isLastUser: index === lastUser });
+    const expected = previous ? previous.nextSibling : container.firstChild;
+    if (expected !== node) container.insertBefore(node, expected);
+    previous = node;
+  });
+  for (const stale of existing.values()) stale.remove();
+}
+
+/** Reasoning the reader unfolded while it streamed stays unfolded when the answer ends. */
+function keepOpen(old, fresh) {
+  const details = fresh.querySelector(".thinking");
+  if (details && old.querySelector(".thinking")?.open) details.open = true;
+}
+
+/** Everything a message's element shows: a change means it is built again. */
+function signature(m, streaming) {
+  return [m.text, m.reasoning, m.images?.length, JSON.stringify(m.stats ?? null),
+    JSON.stringify(m.context ?? null), m.finish, m.error, m.stopped, m.partial, m.model,
+    streaming].join("\u0000");
+}
+
+function buildMessage(m, ctx) {
+  const isUser = m.role === "user";
+  const streaming = ctx.streamingId === m.id;
+  const name = isUser ? "You" : (m.model || ctx.modelName || "Assistant");
+  const node = el("article.message", { "data-testid": "message", "data-role": m.role,
+    "data-id": m.id, "aria-label": `${name}, ${clockTime(m.time)}` });
+  node.append(messageHead(m, name, isUser));
+  // a user's photos sit above their text bubble (not inside it), at their own width
+  if (m.images?.length) node.append(imageGrid(m.images));
+  const bubble = messageBubble(m, isUser, streaming);
+  if (bubble.childNodes.length) node.append(bubble);
+  const note = noteFor(m, streaming);
+  if (note) node.append(note);
+  if (m.stats) node.append(statsLine(m.stats));
+  node.append(el("div.message-actions"));
+  return node;
+}
+
+function messageHead(m, name, isUser) {
+  return el("header.message-head", {},
+    isUser ? null : el("span.avatar", { "aria-hidden": "true" }, icon("eye")),
+    el("span.message-role", { text: name }),
+    el("time.message-time", { datetime: new Date(m.time).toISOString(), title: fullDate(m.time),
+      text: clockTime(m.time) }));
+}
+
+function messageBubble(m, isUser, streaming) {
+  const bubble = el("div.bubble");
+  if (m.reasoning) bubble.append(thinkingBlock(m, streaming));
+  // a user's words are shown as typed; an answer is Markdown (highlighted once final)
+  const content = el(`div.message-content.${isUser ? "plain" : "markdown"}`, { "data-testid": "message-content" });
+  if (isUser) content.textContent = m.text;
+  else if (m.text) renderMarkdown(content, m.text, { final: !streaming });
+  const waiting = streaming && !m.text && !m.reasoning;
+  if (m.text || waiting || (!isUser && m.reasoning)) bubble.append(content);
+  if (waiting) bubble.append(typingIndicator());
+  return bubble;
+}
+
+const SINGLE_IMAGE_PX = 300;
+
+function imageGrid(images) {
+  const grid = el("div.message-images", { "data-testid": "message-images", "data-count": Math.min(images.length, 4) },
+    ...images.map((image, i) => el("button.message-image", {
+      type: "button", "aria-label": `View image ${i + 1}${image.name ? ` (${image.name})` : ""} full size`,
+      onclick: () => openLightbox(image.url, image.name || ""),
+    }, el("img", { src: image.url, alt: image.name || `Image ${i + 1}`, loading: "lazy",
+      width: image.width || null, height: image.height || null, decoding: "async",
+      onload: follow }))));
+  // a definite width before the image decodes, so nothing below it jumps when it does
+  if (images.length === 1 && images[0].width) {
+    grid.style.setProperty("--w", `${Math.min(images[0].width, SINGLE_IMAGE_PX)}px`);
+  }
+  return grid;
+}
+
+function typingIndicator() {
+  return el("div.typing", { "data-testid": "typing-indicator", role: "status", "aria-label": "The model is thinking" },
+    el("span"), el("span"), el("span"));
+}
+
+function thinkingBlock(m, streaming) {
+  const label = el("span.thinking-label", { text: thinkingLabel(m, streaming) });
+  const details = el("details.thinking", { "data-testid": "thinking" },
+    el("summary", {}, label),
+    el("div.thinking-body", { text: m.reasoning }));
+  if (streaming && !m.text) details.classList.add("live");
+  return details;
+}
+
+function thinkingLabel(m, streaming) {
+  if (streaming && !m.text) return "Thinking…";
+  if (m.reasoningMs == null) return "Thoughts";
+  const s = Math.max(1, Math.round(m.reasoningMs / 1000));
+  return `Thought for ${s} s`;
+}
+
+function noteFor(m, streaming) {
+  const notes = [];
+  if (m.context && (m.context.dropped_images || m.context.dropped_messages)) {
+    const parts = [];
+    if (m.context.dropped_images) parts.push(plural(m.context.dropped_images, "older image"));
+    if (m.context.dropped_messages) parts.push(plural(m.context.dropped_messages, "older message"));
+    notes.push(`To fit the model's context, ${parts.join(" and ")} ${m.context.dropped_images + m.context.dropped_messages > 1 ? "were" : "was"} left out.`);
+  }
+  if (m.stopped) notes.push(m.text || m.reasoning ? "Stopped." : "Stopped before the answer began.");
+  else if (m.partial && !streaming) notes.push("The page was closed before this answer finished.");
+  else if (m.role === "assistant" && !m.text && !m.reasoning && !m.error && !streaming) notes.push("No answer.");
+  if (m.finish === "length") notes.push("Cut off at the max-tokens limit (Settings).");
+  if (m.error) notes.push(m.error);
+  if (!notes.length) return null;
+  return el(`p.message-note${m.error ? ".error" : ""}`, { text: notes.join(" ") });
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/** "0.21 s to first token · 38 tok/s · 412 → 96 tokens · 380 cached" */
+export function statsLine(s) {
+  const parts = [];
+  if (s.ttftMs != null) parts.push(`${seconds(s.ttftMs)} to first token`);
+  if (s.tokensPerSecond) parts.push(`${s.tokensPerSecond >= 100 ? Math.round(s.tokensPerSecond) : s.tokensPerSecond.toFixed(1)} tok/s`);
+  if (s.promptTokens != null) parts.push(`${s.promptTokens} → ${s.completionTokens} tokens`);
+  if (s.cachedTokens) parts.push(`${s.cachedTokens} cached`);
+  const detail = [
+    s.promptMs != null && `prompt ${seconds(s.promptMs)} (${s.promptEvaluated ?? "?"} tokens evaluated)`,
+    s.imagesEncoded && `${plural(s.imagesEncoded, "image")} encoded in ${seconds(s.imageEncodeMs || 0)}`,
+    s.imagesFromCache && `${plural(s.imagesFromCache, "image")} from cache`,
+    s.imageTokens && `${s.imageTokens} image tokens`,
+    s.predictedMs != null && `generation ${seconds(s.predictedMs)}`,
+  ].filter(Boolean).join(" · ");
+  return el("p.message-stats", { "data-testid": "message-stats", title: detail, text: parts.join(" · ") });
+}
+
+function seconds(ms) {
+  return ms < 10000 ? `${(ms / 1000).toFixed(2)} s` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function setActions(node, m, { ctx, isLast, isLastUser }) {
+  const bar = node.querySelector(":scope > .message-actions");
+  const idle = !ctx.busy;
+  const want = [
+    m.text ? "copy" : null,
+    idle && m.role === "user" && isLastUser ? "edit" : null,
+    idle && m.role === "assistant" && isLast ? "regenerate" : null,
+  ].filter(Boolean);
+  node.classList.toggle("is-last", isLast);
+  if (bar.dataset.has === want.join()) return;
+  bar.dataset.has = want.join();
+  bar.replaceChildren(...want.map((kind) => actionButton(kind, m, ctx, node)));
+}
+
+function actionButton(kind, m, ctx, node) {
+  if (kind === "copy") {
+    const b = iconButton("copy", m.role === "user" ? "Copy message" : "Copy answer", { "data-testid": "copy-button" });
+    b.addEventListener("click", async () => flashCopied(b, await copyText(m.text)));
+    return b;
+  }
+  if (kind === "edit") {
+    return iconButton("pencil", "Edit and resend", { "data-testid": "edit-button", onclick: () => ctx.onEdit(m, node) });
+  }
+  return iconButton("refresh", "Regenerate answer", { "data-testid": "regenerate-button", onclick: () => ctx.onRegenerate() });
+}
+
+/** Replace a user message's text with an editor; Enter or "Send" saves, Esc cancels. */
+export function startEdit(node, text, { onSave, onCancel }) {
+  const area = el("textarea.edit-input", { "aria-label": "Edit message", rows: 3 });
+  area.value = text;
+  const cancel = el("button.btn.ghost.small", { type: "button", text: "Cancel", onclick: onCancel });
+  const save = el("button.btn.primary.small", { type: "button", text: "Send", onclick: () => onSave(area.value.trim()) });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      onSave(area.value.trim());
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      onCancel();
+    }
+  });
+  const editor = el("div.editor", {}, area, el("div.editor-actions", {}, cancel, save));
+  node.classList.add("editing");
+  const bubble = node.querySelector(".bubble")
+    ?? node.insertBefore(el("div.bubble"), node.querySelector(":scope > .message-actions"));
+  bubble.append(editor);
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+  area.style.height = `${Math.min(area.scrollHeight + 2, 320)}px`;
+}
+
+/** Paints one streaming answer into its <article>, at most once per animation frame. */
+export class StreamView {
+  constructor(container, message) {
+    this.container = container;
+    this.message = message;
+    this.frame = 0;
+  }
+
+  update() {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.paint());
+  }
+
+  cancel() {
+    cancelAnimationFrame(this.frame);
+    this.frame = 0;
+  }
+
+  paint() {
+    this.frame = 0;
+    // looked up each time: the user may have left this chat and come back
+    const node = this.container.querySelector(`[data-id="${this.message.id}"]`);
+    if (!node) return;
+    const m = this.message;
+    const bubble = node.querySelector(".bubble");
+    if (m.text || m.reasoning) bubble.querySelector(".typing")?.remove();
+    if (m.reasoning) this.paintThinking(bubble);
+    if (m.text) renderMarkdown(bubble.querySelector(".message-content"), m.text, { final: false });
+    follow();
+  }
+
+  paintThinking(bubble) {
+    let details = bubble.querySelector(".thinking");
+    if (!details) {
+      details = thinkingBlock(this.message, true);
+      bubble.prepend(details);
+    }
+    const body = details.querySelector(".thinking-body");
+    const following = body.scrollHeight - body.scrollTop - body.clientHeight < 24;
+    body.textContent = this.message.reasoning;
+    if (following) body.scrollTop = body.scrollHeight;    // unfolded: show the newest thought
+    const live = !this.message.text;
+    details.classList.toggle("live", live);
+    details.querySelector(".thinking-label").textContent = thinkingLabel(this.message, true);
+  }
+}

@@ -1,0 +1,76 @@
+// What an imported file may contain. Exports are plain JSON, so an import is untrusted
+// input: every field is checked and copied, images must be data:image URLs (nothing that
+// makes the page fetch from elsewhere), unknown fields are dropped.
+
+import { newId } from "./dom.js";
+
+const MAX_TITLE = 200;
+
+/** Accepts our export ({conversations: [...]}), a bare list, or one conversation. */
+export function normalizeImport(data) {
+  const list = Array.isArray(data) ? data
+    : Array.isArray(data?.conversations) ? data.conversations
+      : data && Array.isArray(data.messages) ? [data] : null;
+  if (!list) throw new Error("no conversations found in it");
+  const out = list.map(conversation).filter(Boolean);
+  if (!out.length && list.length) throw new Error("none of its conversations could be read");
+  return out;
+}
+
+function conversation(c) {
+  if (!c || typeof c !== "object" || !Array.isArray(c.messages)) return null;
+  const messages = c.messages.map(message).filter(Boolean);
+  const now = Date.now();
+  const created = time(c.created, now);
+  return {
+    id: typeof c.id === "string" && /^[\w-]{1,64}$/.test(c.id) ? c.id : newId(),
+    title: (typeof c.title === "string" && c.title.trim() ? c.title.trim() : "Imported chat").slice(0, MAX_TITLE),
+    renamed: Boolean(c.renamed),
+    created,
+    updated: time(c.updated, created),
+    messages,
+  };
+}
+
+function message(m) {
+  if (!m || (m.role !== "user" && m.role !== "assistant")) return null;
+  const out = {
+    id: typeof m.id === "string" && /^[\w-]{1,64}$/.test(m.id) ? m.id : newId(),
+    role: m.role,
+    text: typeof m.text === "string" ? m.text : typeof m.content === "string" ? m.content : "",
+    time: time(m.time, Date.now()),
+  };
+  const images = Array.isArray(m.images) ? m.images.map(image).filter(Boolean) : [];
+  if (images.length && m.role === "user") out.images = images;
+  if (m.role === "assistant") {
+    for (const key of ["reasoning", "model", "note", "error", "finish"]) {
+      if (typeof m[key] === "string") out[key] = m[key];
+    }
+    if (typeof m.reasoningMs === "number") out.reasoningMs = m.reasoningMs;
+    if (m.stopped === true) out.stopped = true;
+    if (m.partial === true) out.partial = true;
+    if (m.stats && typeof m.stats === "object") out.stats = numbers(m.stats);
+    if (m.context && typeof m.context === "object") out.context = numbers(m.context);
+  }
+  return out;
+}
+
+function image(i) {
+  const url = typeof i === "string" ? i : i?.url;
+  if (typeof url !== "string" || !/^data:image\/(png|jpeg|webp|gif|bmp);base64,[A-Za-z0-9+/=]+$/.test(url)) return null;
+  return {
+    url,
+    name: typeof i?.name === "string" ? i.name.slice(0, 200) : "image",
+    width: Number.isFinite(i?.width) ? i.width : undefined,
+    height: Number.isFinite(i?.height) ? i.height : undefined,
+    bytes: Number.isFinite(i?.bytes) ? i.bytes : undefined,
+  };
+}
+
+function numbers(obj) {
+  return Object.fromEntries(Object.entries(obj).filter(([, v]) => typeof v === "number" && Number.isFinite(v)));
+}
+
+function time(value, fallback) {
+  return Number.isFinite(value) && value > 0 ? value : fallback;
+}
