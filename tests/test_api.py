@@ -256,11 +256,13 @@ def test_fitting_keeps_its_decision_for_the_next_turn_so_the_cache_holds(client)
     assert body["timings"]["images_encoded"] == 0
 
 
-def test_streamed_final_chunk_carries_the_context_report(client):
+def test_streamed_first_and_final_chunks_carry_the_context_report(client):
     r = client.post(CHAT, json={"messages": long_history(30) + [user("x")], "max_tokens": 2,
                                 "stream": True})
-    final = [e for e in sse_events(r)[:-1] if e["choices"] and e["choices"][0]["finish_reason"]][0]
+    events = sse_events(r)[:-1]
+    final = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]][0]
     assert final["context"]["dropped_images"] == 30 and "X-Context-Dropped" in r.headers
+    assert events[0]["context"] == final["context"]   # known before the first token
 
 
 def test_last_message_that_cannot_fit_is_refused_before_any_image_work(client, engine):

@@ -337,7 +337,10 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
     status, t0, ttft = 200, time.monotonic(), None
     deltas = _Deltas(job, reply.reasoning_inline)
     try:
-        yield _data(chunk(cid, name, created, {"role": "assistant", "content": ""}))
+        first = chunk(cid, name, created, {"role": "assistant", "content": ""})
+        if reply.dropped:   # known before generating: a client that stops early still sees it
+            first["context"] = reply.dropped
+        yield _data(first)
         for event in _events(job):
             if event is None:
                 if _client_gone():

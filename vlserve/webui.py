@@ -1,8 +1,8 @@
 """The chat page (webui/: plain HTML, CSS and JS, no build step) at / and /chat.html.
 
 The page talks only to this server's own API, so it is served with a strict Content Security
-Policy: no inline scripts, no third-party origins; images only from the page itself, data:
-and blob: URLs (uploads and their thumbnails).
+Policy: no inline scripts or styles, no third-party origins; images only from the page
+itself, data: and blob: URLs (uploads and their thumbnails).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, send_from_directory
 
 bp = Blueprint("webui", __name__)
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; "
        "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
