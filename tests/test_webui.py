@@ -854,8 +854,8 @@ def test_settings_are_kept_and_sent(server, open_page):
 
 
 def test_api_key_dialog_on_401(server, open_page):
-    """The server has no API keys yet, so a 401 cannot happen for real: this test alone
-    answers the first chat request with a 401 through page.route, then lets requests pass."""
+    """A 401 on a chat request (a key revoked while the page is open): routed, so that exactly
+    the first chat request gets it; the real key flow is test_api_key_for_real."""
     from playwright.sync_api import expect
     page = open_page(server, settings={"maxTokens": 6})
     page.problems.allow(STATUS_ERROR.format(401))
@@ -900,3 +900,36 @@ def test_screenshots_script_writes_three_pngs(server, browser, tmp_path):
     sizes = {p.name: Image.open(p).size for p in written}
     assert sizes == {"desktop-light.png": (1280, 800), "desktop-dark.png": (1280, 800),
                      "phone.png": (375, 812)}
+
+
+def test_api_key_for_real(tiny_model, tmp_path_factory, browser):
+    """A server that requires a key: the page (open) asks for it at the first 401, keeps it,
+    and everything works with it — also after a reload."""
+    from playwright.sync_api import expect
+    server = _server(tmp_path_factory, tiny_model, "--api-key", "page-secret-123")
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        page.problems = watch(page)
+        page.problems.allow(STATUS_ERROR.format(401))
+        page.goto(server.url)
+        dialog = page.get_by_test_id("api-key-dialog")
+        expect(dialog).to_be_visible()
+        page.get_by_test_id("api-key-input").fill("wrong-key-0000")
+        page.get_by_test_id("api-key-input").press("Enter")
+        expect(dialog).to_be_visible()                      # asked again: not valid
+        page.get_by_test_id("api-key-input").fill("page-secret-123")
+        page.get_by_test_id("api-key-input").press("Enter")
+        expect(dialog).to_be_hidden()
+        wait_ready(page)
+        page.evaluate("localStorage.setItem('vlserve.settings', JSON.stringify({maxTokens: 4}))")
+        page.reload()
+        wait_ready(page)                                    # the kept key: no dialog
+        send(page, "hello with a key")
+        wait_answers(page, 1)
+        assert page.evaluate("localStorage.getItem('vlserve.apiKey')") == "page-secret-123"
+        assert not page.problems.unexpected()
+        assert "page-secret-123" not in server.log()
+    finally:
+        context.close()
+        server.stop()

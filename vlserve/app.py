@@ -29,7 +29,7 @@ HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLa
 def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     """Build the app. With `engine` given (tests), it is served as is; otherwise the worker
     loads the model from `settings` on its own thread so /health answers meanwhile."""
-    from . import admin, api, webui
+    from . import admin, api, auth, webui
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
@@ -45,8 +45,9 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(webui.bp)
+    _register_logging(app)   # first: the auth check below already logs the key's name
+    auth.init_app(app, auth.load_keys(settings.api_keys, settings.api_key_file))
     _register_errors(app)
-    _register_logging(app)
     if start:
         worker.start()
     return app
@@ -89,6 +90,7 @@ def error_response(exc: APIError) -> Response:
     response.status_code = exc.status
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
+    response.headers.update(getattr(exc, "headers", {}))
     return response
 
 

@@ -70,6 +70,13 @@ class GpuLayers(click.ParamType):
         help="A request whose 'model' names another model on disk loads it (as Ollama does); "
              "otherwise only POST /admin/models/load switches.")
 @option("--host", default="127.0.0.1", help="Address to bind (0.0.0.0 exposes it on the LAN).")
+@option("--api-key", "api_keys", multiple=True,
+        help="Require this key ('Authorization: Bearer KEY' or 'x-api-key') for the API; it "
+             "may do everything. Repeatable; the variable takes several, space-separated. "
+             "The page and /health stay open; the page asks for the key.")
+@option("--api-key-file", type=click.Path(dir_okay=False, exists=True),
+        help="Keys with names and scopes, one 'NAME:KEY[:SCOPES]' per line; scopes from "
+             "chat,admin,metrics (default chat).")
 @option("--port", type=click.IntRange(1, 65535), default=7860, help="Port to listen on.")
 @option("--ctx-size", "n_ctx", type=click.IntRange(0), default=None,
         help="Context length in tokens (0 = the model's training length). Default: the "
@@ -154,6 +161,8 @@ def settings_from_options(opts: dict) -> Settings:
                          max_short_side=opts.pop("image_max_short_side"),
                          max_images=opts.pop("max_images"))
     opts["max_body_bytes"] = int(opts.pop("max_body_mb") * mb)
+    opts["api_keys"] = tuple(opts["api_keys"])
+    _check_keys(opts)
     opts["repack"] = not opts.pop("no_repack")
     opts["warmup"] = not opts.pop("no_warmup")
     if opts["demo"]:
@@ -161,6 +170,15 @@ def settings_from_options(opts: dict) -> Settings:
     else:
         opts.update(_chosen_model(opts))
     return Settings(images=images, **opts)
+
+
+def _check_keys(opts: dict) -> None:
+    """A bad key file stops the start with its line number, before the model loads."""
+    from .auth import KeyFileError, load_keys
+    try:
+        load_keys(opts["api_keys"], opts["api_key_file"])
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _chosen_model(opts: dict) -> dict:

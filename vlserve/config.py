@@ -46,6 +46,8 @@ class Settings:
     seed: int = -1                    # default sampling seed (-1 = random per request)
 
     # serving
+    api_keys: tuple[str, ...] = ()    # keys with every scope (chat, admin, metrics)
+    api_key_file: str | None = None   # lines NAME:KEY[:SCOPES]
     host: str = "127.0.0.1"
     port: int = 7860
     dev: bool = False                 # Flask's server instead of gunicorn

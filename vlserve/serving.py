@@ -57,8 +57,14 @@ def run(settings: Settings) -> None:
     url = f"http://{bind_address(host, settings.port)}/"
     log.info("vlserve: chat page at %s  (OpenAI API: %sv1)", url, url)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who can reach this address can use the model",
-                    settings.host)
+        if settings.api_keys or settings.api_key_file:
+            log.info("listening on %s: API keys are required", settings.host)
+        else:
+            log.warning("!" * 78)
+            log.warning("listening on %s WITHOUT an API key: anyone who can reach this "
+                        "address can use the model and load or unload models. Set "
+                        "--api-key or --api-key-file.", settings.host)
+            log.warning("!" * 78)
     if settings.dev:
         from .app import create_app
         create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
