@@ -12,7 +12,7 @@ from typing import Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from werkzeug.exceptions import BadRequest
 
-from .app import log_line
+from .app import finish_request
 from .engine import Delta, Finished, Prompt
 from .context import Fit, fit_messages, strip_thinking
 from .errors import APIError, ContextLengthError, InvalidRequestError, NotFoundError
@@ -127,6 +127,9 @@ def chat_completions():
     worker.check_room()
     images = _decode_images(req, settings)
     g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images.values()))
+    g.record.update(stream=req.stream, images=[
+        {"sha256": i.sha256, "bytes": i.source_bytes, "width": i.width, "height": i.height}
+        for i in images.values()])
     prep = Preparation(req, images)
     engine = worker.current_engine(target)
     prompt = prep(engine) if engine is not None else None  # a bad request fails here, now
@@ -278,14 +281,14 @@ def _collect(job: Job, reply: Reply) -> Response:
         for event in _events(job):
             if event is None and _client_gone():
                 job.cancel()
-                g.log.update(cancelled=1)
+                _mark_cancelled()
             elif isinstance(event, Delta):
                 text.append(event.text)
             elif isinstance(event, APIError):
                 raise event
     finally:
         job.cancel()
-    _log_finish(event)  # _events ends on Finished unless it raised above
+    _log_finish(event, job, reply)  # _events ends on Finished unless it raised above
     raw, thinking = "".join(text), bool(job.prompt and job.prompt.thinking)
     if reply.reasoning_inline:
         reasoning, content = "", (INLINE_PREFIX if thinking else "") + raw
@@ -327,8 +330,17 @@ class _Deltas:
                 for kind, text in pieces]
 
 
-def _log_finish(event: Finished) -> None:
+def _mark_cancelled() -> None:
+    g.log.update(cancelled=1)
+    g.record["cancelled"] = True
+
+
+def _log_finish(event: Finished, job: Job, reply: Reply) -> None:
     g.log.update(completion_tokens=event.completion_tokens, finish=event.finish_reason)
+    g.record.update(model=job_model(job, reply), prompt_tokens=event.prompt_tokens,
+                    completion_tokens=event.completion_tokens,
+                    cached_tokens=event.cached_tokens, image_tokens=reply.prep.image_tokens,
+                    finish_reason=event.finish_reason, timings=dict(event.timings))
 
 
 def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
@@ -345,7 +357,7 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
             if event is None:
                 if _client_gone():
                     status = 499
-                    g.log.update(cancelled=1)
+                    _mark_cancelled()
                     return
                 yield ": keep-alive\n\n"   # holds proxies open during long prefills
             elif isinstance(event, Delta):
@@ -359,10 +371,11 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
             else:
                 for delta in deltas.finish():
                     yield _data(chunk(cid, name, created, delta))
-                _log_finish(event)
+                _log_finish(event, job, reply)
                 final = chunk(cid, name, created, {}, event.finish_reason)
                 final.update(reply.extra(event))
                 final["timings"]["ttft_ms"] = round((ttft or 0) * 1000, 2)
+                g.record["timings"]["ttft_ms"] = final["timings"]["ttft_ms"]
                 yield _data(final)
                 if req.include_usage:
                     yield _data(chunk(cid, name, created, {}, choices=False,
@@ -370,11 +383,11 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
         yield "data: [DONE]\n\n"
     except GeneratorExit:
         status = 499  # client closed the connection
-        g.log.update(cancelled=1)
+        _mark_cancelled()
         raise
     finally:
         job.cancel()  # a no-op after the end; frees the engine if the client left
-        log_line(status)
+        finish_request(status)
 
 
 def _data(obj: dict) -> str:

@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import catalog
@@ -41,7 +41,8 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     app.extensions["vlserve"] = {
         "settings": settings, "worker": worker, "library": library,
         "images": ImageCache(settings.decoded_image_cache_mb * 1024 * 1024),
-        "webui": webui.find_webui(settings.webui_dir)}
+        "webui": webui.find_webui(settings.webui_dir),
+        "observers": []}   # callables(record) told of every finished request
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(webui.bp)
@@ -122,17 +123,32 @@ def _register_logging(app: Flask) -> None:
     @app.before_request
     def start_timer():
         g.t0 = time.monotonic()
-        g.log = {}
+        g.log = {}          # counts and sizes for the log line
+        g.record = {}       # the same and more for observers (audit log, metrics)
+        g.on_finish = []    # callbacks run once the response is complete (limits' slots)
 
     @app.after_request
     def log_request(response: Response):
-        # Streams log themselves when they end: only then are the token counts known.
+        # Streams finish themselves when they end: only then are the token counts known.
         if not getattr(g, "stream_logs_itself", False):
-            log_line(response.status_code)
+            finish_request(response.status_code)
         return response
 
 
-def log_line(status: int) -> None:
+def finish_request(status: int) -> None:
+    """The end of a request: its log line, then every observer with its record, then the
+    callbacks that free what the request held. Observers never fail a request."""
     fields = " ".join(f"{k}={v}" for k, v in getattr(g, "log", {}).items())
     ms = (time.monotonic() - getattr(g, "t0", time.monotonic())) * 1000
     log.info("%s %s %s %.0fms %s", request.method, request.path, status, ms, fields)
+    record = {"time": round(time.time(), 3), "method": request.method,
+              "route": request.url_rule.rule if request.url_rule else None,
+              "path": request.path, "status": status, "duration_ms": round(ms, 1),
+              "client": request.remote_addr, "key": getattr(g, "key_name", None),
+              **getattr(g, "record", {})}
+    state = current_app.extensions.get("vlserve", {})
+    for call in [*state.get("observers", ()), *getattr(g, "on_finish", ())]:
+        try:
+            call(record)
+        except Exception:
+            log.exception("a request observer failed")

@@ -128,6 +128,27 @@ class GpuLayers(click.ParamType):
         help="Largest max_tokens a client may ask for (0 = the context size).")
 @option("--http-threads", type=click.IntRange(1), default=16,
         help="HTTP threads (concurrent connections, streams included).")
+@option("--rate-limit", type=click.IntRange(0), default=0,
+        help="Chat requests per minute per API key (per client address without keys); "
+             "beyond it 429 with Retry-After. 0 = no limit.")
+@option("--max-streams", type=click.IntRange(0), default=0,
+        help="Chat requests one key (or client) may have running or queued at once; "
+             "beyond it 429. 0 = no limit.")
+@option("--cors-origin", "cors_origins", multiple=True,
+        help="A browser origin (e.g. https://intranet.example) allowed to call the API from "
+             "its pages. Repeatable. Default: none (CORS off).")
+@option("--metrics", is_flag=True,
+        help="Serve Prometheus metrics at /metrics (needs the 'metrics' scope when keys are "
+             "set).")
+@option("--audit-log", type=click.Path(dir_okay=False),
+        help="Append one JSON line per request to this file (key name, client, model, image "
+             "SHA-256s and sizes, token counts, timings, status; never content).")
+@option("--audit-max-mb", type=click.FloatRange(0.01), default=100.0,
+        help="Rotate the audit log at this size.")
+@option("--audit-backups", type=click.IntRange(1), default=10,
+        help="Rotated audit files to keep.")
+@option("--log-content", is_flag=True,
+        help="Also write prompts and answers to the audit log (off by default: privacy).")
 @option("--webui-dir", type=click.Path(file_okay=False),
         help="Folder of the chat page (default: webui/ of this checkout).")
 @option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
@@ -162,6 +183,7 @@ def settings_from_options(opts: dict) -> Settings:
                          max_images=opts.pop("max_images"))
     opts["max_body_bytes"] = int(opts.pop("max_body_mb") * mb)
     opts["api_keys"] = tuple(opts["api_keys"])
+    opts["cors_origins"] = tuple(o.rstrip("/") for o in opts["cors_origins"])
     _check_keys(opts)
     opts["repack"] = not opts.pop("no_repack")
     opts["warmup"] = not opts.pop("no_warmup")

@@ -48,6 +48,14 @@ class Settings:
     # serving
     api_keys: tuple[str, ...] = ()    # keys with every scope (chat, admin, metrics)
     api_key_file: str | None = None   # lines NAME:KEY[:SCOPES]
+    rate_limit: int = 0               # chat requests per minute per key (or client); 0 = off
+    max_streams: int = 0              # concurrent chat requests per key (or client); 0 = off
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; () = none
+    metrics: bool = False             # serve Prometheus metrics at /metrics
+    audit_log: str | None = None      # JSON-lines audit file; None = no audit log
+    audit_max_mb: float = 100         # rotate the audit file at this size…
+    audit_backups: int = 10           # …keeping this many old files
+    log_content: bool = False         # the audit log also gets prompts and answers
     host: str = "127.0.0.1"
     port: int = 7860
     dev: bool = False                 # Flask's server instead of gunicorn
