@@ -149,6 +149,11 @@ class GpuLayers(click.ParamType):
         help="Rotated audit files to keep.")
 @option("--log-content", is_flag=True,
         help="Also write prompts and answers to the audit log (off by default: privacy).")
+@option("--certfile", type=click.Path(dir_okay=False, exists=True),
+        help="Serve HTTPS with this PEM certificate (with --keyfile). Behind a reverse proxy "
+             "let the proxy do TLS instead (docs/deploy.md).")
+@option("--keyfile", type=click.Path(dir_okay=False, exists=True),
+        help="The certificate's PEM private key.")
 @option("--webui-dir", type=click.Path(file_okay=False),
         help="Folder of the chat page (default: webui/ of this checkout).")
 @option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
@@ -183,6 +188,8 @@ def settings_from_options(opts: dict) -> Settings:
                          max_images=opts.pop("max_images"))
     opts["max_body_bytes"] = int(opts.pop("max_body_mb") * mb)
     opts["api_keys"] = tuple(opts["api_keys"])
+    if bool(opts["certfile"]) != bool(opts["keyfile"]):
+        raise click.UsageError("--certfile and --keyfile go together")
     opts["cors_origins"] = tuple(o.rstrip("/") for o in opts["cors_origins"])
     _check_keys(opts)
     opts["repack"] = not opts.pop("no_repack")

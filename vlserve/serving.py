@@ -41,6 +41,9 @@ class _Gunicorn(BaseApplication):
             "proc_name": "vlserve",
         }.items():
             self.cfg.set(key, value)
+        if s.certfile:
+            self.cfg.set("certfile", s.certfile)
+            self.cfg.set("keyfile", s.keyfile)
         # gunicorn >= 25.1 opens a control socket at one fixed per-user path: two vlserve
         # instances would fight over it, and its "add workers" command would load the model
         # a second time. vlserve has exactly one worker.
@@ -54,7 +57,8 @@ class _Gunicorn(BaseApplication):
 
 def run(settings: Settings) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-    url = f"http://{bind_address(host, settings.port)}/"
+    scheme = "https" if settings.certfile else "http"
+    url = f"{scheme}://{bind_address(host, settings.port)}/"
     log.info("vlserve: chat page at %s  (OpenAI API: %sv1)", url, url)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         if settings.api_keys or settings.api_key_file:
@@ -67,6 +71,8 @@ def run(settings: Settings) -> None:
             log.warning("!" * 78)
     if settings.dev:
         from .app import create_app
-        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        tls = (settings.certfile, settings.keyfile) if settings.certfile else None
+        create_app(settings).run(host=settings.host, port=settings.port, threaded=True,
+                                 ssl_context=tls)
     else:
         _Gunicorn(settings).run()
