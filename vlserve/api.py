@@ -130,13 +130,21 @@ def chat_completions():
     g.record.update(stream=req.stream, images=[
         {"sha256": i.sha256, "bytes": i.source_bytes, "width": i.width, "height": i.height}
         for i in images.values()])
+    cache = _state()["responses"]
+    cache_key = cache.key(req, images, target or model_id()) if cache else None
+    if cache_key:
+        hit = cache.get(cache_key)
+        g.record["response_cache"] = "hit" if hit else "miss"
+        if hit:
+            return _replay(hit, req)
     prep = Preparation(req, images)
     engine = worker.current_engine(target)
     prompt = prep(engine) if engine is not None else None  # a bad request fails here, now
     if prompt is not None:
         g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
     job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
-    reply = Reply(new_completion_id(), target or model_id(), prep, req.reasoning_inline)
+    reply = Reply(new_completion_id(), target or model_id(), prep, req.reasoning_inline,
+                  cache_key)
     if req.stream:
         g.stream_logs_itself = True
         response = Response(stream_with_context(_sse(job, req, reply)),
@@ -181,6 +189,7 @@ class Reply:
     model: str
     prep: Preparation
     reasoning_inline: bool
+    cache_key: str | None = None   # where a complete answer is kept (deterministic requests)
 
     def usage(self, event: Finished) -> dict:
         return usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
@@ -194,10 +203,19 @@ class Reply:
         return {"dropped_images": fit.dropped_images, "dropped_messages": fit.dropped_messages}
 
     def headers(self) -> dict:
-        if not self.dropped:
-            return {}
-        return {"X-Context-Dropped": "images={dropped_images}, messages={dropped_messages}"
-                .format(**self.dropped)}
+        headers = {"X-Cache": "miss"} if self.cache_key else {}
+        if self.dropped:
+            headers["X-Context-Dropped"] = (
+                "images={dropped_images}, messages={dropped_messages}".format(**self.dropped))
+        return headers
+
+    def keep(self, job: Job, event: Finished, raw: str) -> None:
+        """Store a complete answer of a deterministic request for its repeats."""
+        if self.cache_key and event.finish_reason in ("stop", "length"):
+            _state()["responses"].put(self.cache_key, {
+                "model": job_model(job, self), "raw": raw, "finish_reason": event.finish_reason,
+                "thinking": bool(job.prompt and job.prompt.thinking),
+                "usage": self.usage(event), "context": self.dropped})
 
     def extra(self, event: Finished) -> dict:
         extra = {"timings": dict(event.timings)}  # a copy: the stream adds ttft_ms to it
@@ -290,12 +308,43 @@ def _collect(job: Job, reply: Reply) -> Response:
         job.cancel()
     _log_finish(event, job, reply)  # _events ends on Finished unless it raised above
     raw, thinking = "".join(text), bool(job.prompt and job.prompt.thinking)
-    if reply.reasoning_inline:
-        reasoning, content = "", (INLINE_PREFIX if thinking else "") + raw
-    else:
-        reasoning, content = split_reasoning(raw, thinking)
+    reply.keep(job, event, raw)
+    reasoning, content = _shape_answer(raw, thinking, reply.reasoning_inline)
     return jsonify(completion(reply.cid, job_model(job, reply), content, event.finish_reason,
                               reply.usage(event), reply.extra(event), reasoning))
+
+
+def _shape_answer(raw: str, thinking: bool, inline: bool) -> tuple[str, str]:
+    """(reasoning, content) of a whole answer, as the request asked to see them."""
+    if inline:
+        return "", (INLINE_PREFIX if thinking else "") + raw
+    return split_reasoning(raw, thinking)
+
+
+def _replay(hit: dict, req: ChatRequest) -> Response:
+    """A kept answer, in the shape this request asked for (stream or not)."""
+    cid = new_completion_id()
+    reasoning, content = _shape_answer(hit["raw"], hit["thinking"], req.reasoning_inline)
+    extra = {"timings": {}, **({"context": hit["context"]} if hit["context"] else {})}
+    g.record.update(model=hit["model"], finish_reason=hit["finish_reason"],
+                    prompt_tokens=hit["usage"]["prompt_tokens"], completion_tokens=0)
+    if not req.stream:
+        response = jsonify(completion(cid, hit["model"], content, hit["finish_reason"],
+                                      hit["usage"], extra, reasoning))
+    else:
+        created, name = int(time.time()), hit["model"]
+        deltas = [{"role": "assistant", "content": ""}]
+        deltas += [{"reasoning_content": reasoning}] if reasoning else []
+        deltas += [{"content": content}] if content else []
+        events = [chunk(cid, name, created, d) for d in deltas]
+        events.append({**chunk(cid, name, created, {}, hit["finish_reason"]), **extra})
+        if req.include_usage:
+            events.append(chunk(cid, name, created, {}, choices=False, usage=hit["usage"]))
+        body = "".join(_data(e) for e in events) + "data: [DONE]\n\n"
+        response = Response(body, mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache"})
+    response.headers["X-Cache"] = "hit"
+    return response
 
 
 def job_model(job: Job, reply: Reply) -> str:
@@ -347,7 +396,7 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
     created = int(time.time())
     cid, name = reply.cid, reply.model
     status, t0, ttft = 200, time.monotonic(), None
-    deltas = _Deltas(job, reply.reasoning_inline)
+    deltas, raw = _Deltas(job, reply.reasoning_inline), []
     try:
         first = chunk(cid, name, created, {"role": "assistant", "content": ""})
         if reply.dropped:   # known before generating: a client that stops early still sees it
@@ -363,6 +412,7 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
             elif isinstance(event, Delta):
                 ttft = ttft or time.monotonic() - t0
                 name = job_model(job, reply)
+                raw.append(event.text)
                 for delta in deltas.feed(event.text):
                     yield _data(chunk(cid, name, created, delta))
             elif isinstance(event, APIError):
@@ -372,6 +422,7 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
                 for delta in deltas.finish():
                     yield _data(chunk(cid, name, created, delta))
                 _log_finish(event, job, reply)
+                reply.keep(job, event, "".join(raw))
                 final = chunk(cid, name, created, {}, event.finish_reason)
                 final.update(reply.extra(event))
                 final["timings"]["ttft_ms"] = round((ttft or 0) * 1000, 2)

@@ -17,6 +17,7 @@ from . import catalog
 from .config import DEFAULT_CTX, Settings
 from .images import ImageCache
 from .library import Library, LocalModel
+from .respcache import ResponseCache
 from .errors import (APIError, InternalError, InvalidRequestError, MethodNotAllowedError,
                      NotFoundError, PayloadTooLargeError)
 from .worker import Worker
@@ -42,7 +43,9 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
         "settings": settings, "worker": worker, "library": library,
         "images": ImageCache(settings.decoded_image_cache_mb * 1024 * 1024),
         "webui": webui.find_webui(settings.webui_dir),
-        "observers": []}   # callables(record) told of every finished request
+        "observers": [],   # callables(record) told of every finished request
+        "responses": (ResponseCache(settings.response_cache_dir, settings.response_cache_mb)
+                      if settings.response_cache_dir else None)}
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(webui.bp)

@@ -149,6 +149,11 @@ class GpuLayers(click.ParamType):
         help="Rotated audit files to keep.")
 @option("--log-content", is_flag=True,
         help="Also write prompts and answers to the audit log (off by default: privacy).")
+@option("--response-cache-dir", type=click.Path(file_okay=False),
+        help="Keep answers to deterministic requests (temperature 0 or a fixed seed) in this "
+             "folder and answer repeats from it (X-Cache: hit). Default: off.")
+@option("--response-cache-mb", type=click.FloatRange(1), default=256.0,
+        help="Size bound of the response cache (least recently used answers go first).")
 @option("--certfile", type=click.Path(dir_okay=False, exists=True),
         help="Serve HTTPS with this PEM certificate (with --keyfile). Behind a reverse proxy "
              "let the proxy do TLS instead (docs/deploy.md).")

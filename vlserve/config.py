@@ -56,6 +56,8 @@ class Settings:
     audit_max_mb: float = 100         # rotate the audit file at this size…
     audit_backups: int = 10           # …keeping this many old files
     log_content: bool = False         # the audit log also gets prompts and answers
+    response_cache_dir: str | None = None  # answers to deterministic requests kept on disk
+    response_cache_mb: float = 256
     certfile: str | None = None       # TLS: serve https with this certificate…
     keyfile: str | None = None        # …and its private key
     host: str = "127.0.0.1"

@@ -1,0 +1,82 @@
+"""The optional response cache: deterministic requests answered from disk on repeat, in the
+shape the repeat asks for; everything else never cached."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import data_url, user
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def cached(make_app, tmp_path):
+    app = make_app(response_cache_dir=str(tmp_path / "responses"))
+    return app.test_client(), app.extensions["vlserve"]
+
+
+def ask(client, image_color=(200, 40, 90), **body):
+    payload = {"messages": [user(("img", data_url(color=image_color)), "what is it?")],
+               "max_tokens": 6, "temperature": 0, **body}
+    return client.post(CHAT, json=payload)
+
+
+def stream_text(r):
+    events = [json.loads(line[6:]) for line in r.get_data(as_text=True).splitlines()
+              if line.startswith("data: {")]
+    return "".join(e["choices"][0]["delta"].get("content") or ""
+                   for e in events if e.get("choices")), events
+
+
+def test_off_by_default(client):
+    r = ask(client)
+    assert r.status_code == 200 and "X-Cache" not in r.headers
+
+
+def test_a_repeat_is_answered_from_disk_without_the_engine(cached):
+    client, state = cached
+    first = ask(client)
+    assert first.headers["X-Cache"] == "miss"
+    generated = state["worker"].stats["tokens_generated"]
+    second = ask(client)
+    assert second.headers["X-Cache"] == "hit"
+    a, b = first.get_json(), second.get_json()
+    assert b["choices"][0]["message"] == a["choices"][0]["message"]
+    assert b["usage"] == a["usage"] and b["id"] != a["id"]
+    assert state["worker"].stats["tokens_generated"] == generated   # the engine did nothing
+    assert state["responses"].stats()["hits"] == 1
+
+
+def test_a_kept_answer_replays_as_a_stream_too(cached):
+    client, _ = cached
+    answer = ask(client).get_json()["choices"][0]["message"]["content"]
+    r = ask(client, stream=True, stream_options={"include_usage": True})
+    text, events = stream_text(r)
+    assert r.headers["X-Cache"] == "hit" and text == answer
+    assert r.get_data(as_text=True).endswith("data: [DONE]\n\n")
+    assert events[-1]["usage"]["completion_tokens"] == 6
+    # and a streamed answer is kept for a plain repeat
+    streamed, _ = stream_text(ask(client, stream=True, max_tokens=5))
+    again = ask(client, max_tokens=5)
+    assert again.headers["X-Cache"] == "hit"
+    assert again.get_json()["choices"][0]["message"]["content"] == streamed
+
+
+def test_what_changes_the_answer_changes_the_key(cached):
+    client, _ = cached
+    ask(client)
+    assert ask(client, image_color=(10, 200, 10)).headers["X-Cache"] == "miss"   # other image
+    assert ask(client, max_tokens=7).headers["X-Cache"] == "miss"                # other params
+    assert ask(client, seed=5, temperature=0.9).headers["X-Cache"] == "miss"     # fixed seed…
+    assert ask(client, seed=5, temperature=0.9).headers["X-Cache"] == "hit"      # …is deterministic
+
+
+def test_random_sampling_is_never_cached(cached):
+    client, state = cached
+    for _ in range(2):
+        r = ask(client, temperature=0.8)
+        assert r.status_code == 200 and "X-Cache" not in r.headers
+    assert state["responses"].stats()["entries"] == 0
