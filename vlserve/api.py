@@ -12,6 +12,7 @@ from typing import Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from werkzeug.exceptions import BadRequest
 
+from . import audit
 from .app import finish_request
 from .engine import Delta, Finished, Prompt
 from .context import Fit, fit_messages, strip_thinking
@@ -136,13 +137,14 @@ def chat_completions():
         hit = cache.get(cache_key)
         g.record["response_cache"] = "hit" if hit else "miss"
         if hit:
-            return _replay(hit, req)
+            return _replay(hit, req, images)
     prep = Preparation(req, images)
     engine = worker.current_engine(target)
     prompt = prep(engine) if engine is not None else None  # a bad request fails here, now
     if prompt is not None:
         g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
     job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
+    g.record["model"] = target or model_id()   # the answer's own model replaces it at the end
     reply = Reply(new_completion_id(), target or model_id(), prep, req.reasoning_inline,
                   cache_key)
     if req.stream:
@@ -310,6 +312,7 @@ def _collect(job: Job, reply: Reply) -> Response:
     raw, thinking = "".join(text), bool(job.prompt and job.prompt.thinking)
     reply.keep(job, event, raw)
     reasoning, content = _shape_answer(raw, thinking, reply.reasoning_inline)
+    _record_content(reply.prep.req, reply.prep.images, content, reasoning)
     return jsonify(completion(reply.cid, job_model(job, reply), content, event.finish_reason,
                               reply.usage(event), reply.extra(event), reasoning))
 
@@ -321,10 +324,17 @@ def _shape_answer(raw: str, thinking: bool, inline: bool) -> tuple[str, str]:
     return split_reasoning(raw, thinking)
 
 
-def _replay(hit: dict, req: ChatRequest) -> Response:
+def _record_content(req: ChatRequest, images, answer: str, reasoning: str | None) -> None:
+    """With --log-content only: the conversation and answer for the audit log."""
+    if _state()["settings"].log_content:
+        g.record["content"] = audit.content(req, images, answer, reasoning)
+
+
+def _replay(hit: dict, req: ChatRequest, images) -> Response:
     """A kept answer, in the shape this request asked for (stream or not)."""
     cid = new_completion_id()
     reasoning, content = _shape_answer(hit["raw"], hit["thinking"], req.reasoning_inline)
+    _record_content(req, images, content, reasoning)
     extra = {"timings": {}, **({"context": hit["context"]} if hit["context"] else {})}
     g.record.update(model=hit["model"], finish_reason=hit["finish_reason"],
                     prompt_tokens=hit["usage"]["prompt_tokens"], completion_tokens=0)
@@ -438,6 +448,9 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
         raise
     finally:
         job.cancel()  # a no-op after the end; frees the engine if the client left
+        thinking = bool(job.prompt and job.prompt.thinking)
+        _record_content(req, reply.prep.images,
+                        *reversed(_shape_answer("".join(raw), thinking, reply.reasoning_inline)))
         finish_request(status)
 
 

@@ -30,7 +30,7 @@ HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLa
 def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     """Build the app. With `engine` given (tests), it is served as is; otherwise the worker
     loads the model from `settings` on its own thread so /health answers meanwhile."""
-    from . import admin, api, auth, cors, limits, webui
+    from . import admin, api, audit, auth, cors, limits, metrics, webui
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
@@ -53,6 +53,8 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     auth.init_app(app, auth.load_keys(settings.api_keys, settings.api_key_file))
     limits.init_app(app, settings)
     cors.init_app(app, settings)
+    metrics.init_app(app, settings)
+    audit.init_app(app, settings)
     _register_errors(app)
     if start:
         worker.start()
