@@ -204,7 +204,8 @@ def test_decoded_image_over_its_cap_is_413(make_app, settings):
 
 
 def test_error_after_the_stream_started_arrives_inside_it_then_done(make_app):
-    c = make_app(request_timeout=0.3).test_client()
+    # 1 s: long enough for some tokens even on a loaded 2-core box, far short of 4000 tokens
+    c = make_app(request_timeout=1.0).test_client()
     r = c.post(CHAT, json={"messages": [user("talk")], "max_tokens": 4000, "stream": True})
     assert r.status_code == 200
     events = sse_events(r)

@@ -13,6 +13,7 @@ import click
 
 from .config import Settings, default_threads
 from .images import ImageLimits
+from .remote import RemotePolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "models" / "tiny"
@@ -149,6 +150,13 @@ class GpuLayers(click.ParamType):
         help="Rotated audit files to keep.")
 @option("--log-content", is_flag=True,
         help="Also write prompts and answers to the audit log (off by default: privacy).")
+@option("--remote-image-host", "remote_image_hosts", multiple=True,
+        help="Allow image URLs from this host (repeatable; 'img.example.com' or "
+             "'*.example.com'). Off by default: images must be data: URLs.")
+@option("--remote-images-allow-private", is_flag=True,
+        help="Let allowed hosts resolve to private/loopback/link-local addresses (LAN cameras).")
+@option("--remote-image-timeout", type=click.FloatRange(0.1), default=10.0,
+        help="Seconds for fetching one remote image, redirects included.")
 @option("--response-cache-dir", type=click.Path(file_okay=False),
         help="Keep answers to deterministic requests (temperature 0 or a fixed seed) in this "
              "folder and answer repeats from it (X-Cache: hit). Default: off.")
@@ -196,6 +204,11 @@ def settings_from_options(opts: dict) -> Settings:
     if bool(opts["certfile"]) != bool(opts["keyfile"]):
         raise click.UsageError("--certfile and --keyfile go together")
     opts["cors_origins"] = tuple(o.rstrip("/") for o in opts["cors_origins"])
+    opts["remote_image_hosts"] = tuple(opts["remote_image_hosts"])
+    try:
+        RemotePolicy(hosts=opts["remote_image_hosts"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--remote-image-host") from None
     _check_keys(opts)
     opts["repack"] = not opts.pop("no_repack")
     opts["warmup"] = not opts.pop("no_warmup")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import ImageLimits
+from .remote import RemotePolicy
 
 DEFAULT_CTX = 8192   # context when neither --ctx-size nor the model's catalog entry says
 
@@ -58,6 +59,9 @@ class Settings:
     log_content: bool = False         # the audit log also gets prompts and answers
     response_cache_dir: str | None = None  # answers to deterministic requests kept on disk
     response_cache_mb: float = 256
+    remote_image_hosts: tuple[str, ...] = ()  # hosts images may be fetched from; () = none
+    remote_images_allow_private: bool = False  # also LAN/loopback addresses (a LAN camera)
+    remote_image_timeout: float = 10.0        # seconds for a whole fetch, redirects included
     certfile: str | None = None       # TLS: serve https with this certificate…
     keyfile: str | None = None        # …and its private key
     host: str = "127.0.0.1"
@@ -77,6 +81,14 @@ class Settings:
         if self.model_alias:
             return self.model_alias
         return Path(self.model).stem if self.model else "none"
+
+    @property
+    def remote_policy(self) -> RemotePolicy | None:
+        if not self.remote_image_hosts:
+            return None
+        return RemotePolicy(hosts=self.remote_image_hosts,
+                            allow_private=self.remote_images_allow_private,
+                            timeout=self.remote_image_timeout, max_bytes=self.images.max_bytes)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import re
 import struct
 import threading
+import time
 from dataclasses import dataclass, field, replace
 
 import cachetools
@@ -20,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageError, PayloadTooLargeError
+from .remote import RemotePolicy, fetch_image
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _SEND_DATA_URL = "send the image as a base64 data: URL (data:image/png;base64,...)"
+# A remote image can change behind its URL; a prepared one is reused this long (seconds),
+# which covers a client resending the conversation's images turn after turn, retries and
+# regenerations, without serving a stale picture for long.
+REMOTE_TTL = 60.0
 
 
 # OpenAI's detail "low" is a 512x512 image; for Qwen-VL (a token per 32x32 pixels) that is
@@ -90,25 +97,42 @@ def limits_for_detail(limits: ImageLimits, detail: str) -> ImageLimits:
 class ImageCache:
     """Prepared images by (hash of the data URL, limits). Chat clients resend every image of
     the conversation on every turn; decoding and resizing a 12-megapixel photo again costs
-    about 0.2 s of CPU here, more than the rest of a follow-up's preparation."""
+    about 0.2 s of CPU here, more than the rest of a follow-up's preparation. Images fetched
+    from remote URLs (when a `RemotePolicy` allows them) are kept only `REMOTE_TTL` seconds."""
 
     def __init__(self, max_bytes: int):
-        self._lru = cachetools.LRUCache(max(1, max_bytes), getsizeof=lambda im: len(im.rgb))
+        # Values are (expiry on the monotonic clock, image); uploads never expire.
+        self._lru = cachetools.LRUCache(max(1, max_bytes), getsizeof=lambda e: len(e[1].rgb))
         self._lock = threading.Lock()  # shared by the HTTP threads
 
-    def decode(self, url: str, limits: ImageLimits, *, param: str | None = None) -> PreparedImage:
-        key = (hashlib.sha256(url.encode()).digest(), limits)
+    def decode(self, url: str, limits: ImageLimits, *, param: str | None = None,
+               remote: RemotePolicy | None = None) -> PreparedImage:
+        fetch = remote is not None and remote.enabled and _is_http(url)
+        # surrogatepass: a lone surrogate from JSON ("\ud800") is refused below, not a 500 here
+        key = (hashlib.sha256(url.encode("utf-8", "surrogatepass")).digest(), limits, fetch)
         with self._lock:
-            image = self._lru.get(key)
-        if image is None:
-            image = decode_data_url(url, limits, param=param)
-            if len(image.rgb) <= self._lru.maxsize:
+            expires, image = self._lru.get(key, (0.0, None))
+        if image is None or expires <= time.monotonic():
+            if fetch:
+                if remote.max_bytes > limits.max_bytes:
+                    remote = replace(remote, max_bytes=limits.max_bytes)
+                image = prepare_image(fetch_image(url, remote, param=param), limits, param=param)
+                expires = time.monotonic() + REMOTE_TTL
+            else:
+                image = decode_data_url(url, limits, param=param)
+                expires = math.inf
+            if len(image.rgb) <= self._lru.maxsize and expires > time.monotonic():
                 with self._lock:
-                    self._lru[key] = image
+                    self._lru[key] = (expires, image)
         return image
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+def _is_http(url) -> bool:
+    match = _SCHEME.match(url.strip()) if isinstance(url, str) else None
+    return bool(match) and match.group(1).lower() in ("http", "https")
 
 
 def decode_data_url(url: str, limits: ImageLimits, *, param: str | None = None) -> PreparedImage:
@@ -152,7 +176,8 @@ def _data_url_payload(url: str, param: str | None) -> str:
     scheme = match.group(1).lower() if match else None
     if scheme in ("http", "https"):
         raise ImageError("remote image URLs are not fetched: this server is offline; "
-                         + _SEND_DATA_URL, param=param)
+                         + _SEND_DATA_URL + ", or ask its operator to allow the image's host "
+                         "with --remote-image-host", param=param)
     if scheme == "file":
         raise ImageError("file: URLs are refused: this server does not read local files; "
                          + _SEND_DATA_URL, param=param)
