@@ -14,7 +14,7 @@ from vlserve.auth import KeyFileError, load_keys, parse_key_file
 
 CHAT_KEY, ADMIN_KEY, METRICS_KEY, ALL_KEY = ("chat-secret-1", "admin-secret-2",
                                              "metrics-secret-3", "everything-4")
-OPEN = {"/health", "/", "/chat.html", "/static/<path:name>"}
+OPEN = {"/health", "/", "/chat.html", "/static/<path:name>", "/openapi.json"}
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,7 @@ def test_binding_to_the_lan_without_a_key_warns_loudly(caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="vlserve"):
         serving.run(Settings(host="0.0.0.0", api_keys=("k" * 12,)))
     assert "WITHOUT" not in caplog.text
+
+
+def test_the_api_document_is_public(client):
+    assert client.get("/openapi.json").status_code == 200

@@ -184,8 +184,9 @@ def test_discovery_walks_folders_skips_caches_and_links_catalog_entries(pairs, t
     assert by_id["Qwen3VL-8B-Instruct-Q4_K_M"].entry == known.get("8b")
     assert by_id["qwen3vl-tiny-f32"].entry is None
     # a name resolves by id, file name, or a catalog alias whose files are here
-    for name in ("qwen3vl-tiny-f32", "QWEN3VL-TINY-F32.gguf", str(dropped[0])):
+    for name in ("qwen3vl-tiny-f32", "QWEN3VL-TINY-F32.gguf"):
         assert resolve(name, models, known).model == dropped[0]
+    assert resolve(str(dropped[0]), models, known) is None   # paths are the CLI's business
     assert resolve("8b", models, known).model == pulled[0]
     assert resolve("4b", models, known) is None and resolve("nope", models, known) is None
 

@@ -30,7 +30,7 @@ HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLa
 def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     """Build the app. With `engine` given (tests), it is served as is; otherwise the worker
     loads the model from `settings` on its own thread so /health answers meanwhile."""
-    from . import admin, api, audit, auth, cors, limits, metrics, webui
+    from . import admin, api, audit, auth, cors, limits, metrics, openapi, webui
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
@@ -49,6 +49,7 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(webui.bp)
+    app.register_blueprint(openapi.bp)
     _register_logging(app)   # first: the auth check below already logs the key's name
     auth.init_app(app, auth.load_keys(settings.api_keys, settings.api_key_file))
     limits.init_app(app, settings)

@@ -157,13 +157,12 @@ def _entry_for(folder: Path, catalog: Catalog | None) -> Entry | None:
 
 def resolve(name: str, models: list[LocalModel], catalog: Catalog | None = None,
             quant: str | None = None) -> LocalModel | None:
-    """The local model a name means: its id (case-insensitive), its file name or path, or a
-    catalog name/alias whose files are on disk (the preferred quant first)."""
+    """The local model a name means: its id (case-insensitive), its file name, or a catalog
+    name/alias whose files are on disk (the preferred quant first). Never a path: clients
+    send these names, and a name is only ever compared, never opened."""
     key = name.strip()
     for m in models:
         if key.lower() in (m.id.lower(), m.model.name.lower(), m.model.stem.lower()):
-            return m
-        if Path(key).suffix == ".gguf" and Path(key).resolve() == m.model.resolve():
             return m
     entry = catalog.find(key) if catalog else None
     if entry is None:

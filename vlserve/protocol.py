@@ -75,6 +75,15 @@ def _bad(message: str, param: str) -> InvalidRequestError:
     return InvalidRequestError(message, param=param)
 
 
+def _text(value: str, param: str) -> str:
+    """JSON may carry lone UTF-16 surrogates (\\ud800) that no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad("the text is not valid Unicode (it has a lone surrogate)", param) from None
+    return value
+
+
 def _number(body: dict, name: str, lo: float, hi: float, default, *, integer=False):
     """A numeric field within [lo, hi]; bools are not numbers even though Python says so."""
     value = body.get(name)
@@ -97,7 +106,7 @@ def _parse_part(part: Any, param: str) -> TextPart | ImagePart:
         text = part.get("text")
         if not isinstance(text, str):
             raise _bad("a text part needs a string 'text'", f"{param}.text")
-        return TextPart(text)
+        return TextPart(_text(text, f"{param}.text"))
     if kind == "image_url":
         image = part.get("image_url")
         if isinstance(image, str):
@@ -127,7 +136,7 @@ def _parse_message(msg: Any, i: int) -> Message:
     if content is None and role == "assistant":
         return Message(role, ())
     if isinstance(content, str):
-        return Message(role, (TextPart(content),))
+        return Message(role, (TextPart(_text(content, f"{param}.content")),))
     if not isinstance(content, list):
         raise _bad("'content' must be a string or a list of content parts",
                    f"{param}.content")
@@ -147,7 +156,7 @@ def _parse_stop(body: dict) -> tuple[str, ...]:
             or not all(isinstance(s, str) and s for s in stop)):
         raise _bad(f"'stop' must be a non-empty string or a list of up to "
                    f"{MAX_STOP_STRINGS} non-empty strings", "stop")
-    return tuple(stop)
+    return tuple(_text(s, "stop") for s in stop)
 
 
 def _parse_params(body: dict, max_tokens_cap: int) -> SamplingParams:
@@ -187,6 +196,8 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("'model' must be a string", "model")
+    if model is not None:
+        _text(model, "model")
     reasoning = body.get("reasoning_format") or "auto"
     if reasoning not in REASONING_FORMATS:
         raise _bad(f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}",
