@@ -135,7 +135,9 @@ def test_soak(soak_server):
     assert health["status"] == "ok"
 
     threads2, rss2 = proc_status(pid, "Threads"), proc_status(pid, "VmRSS") * 1024
-    assert threads2 <= threads1 and threads2 <= threads_start + 16, (threads1, threads2)
+    # The pool may still grow a little in round 2 (lazily, up to --http-threads 16); a leak
+    # would be one thread per request, hundreds.
+    assert threads2 <= min(threads1 + 2, threads_start + 16), (threads1, threads2)
     assert rss2 - rss1 < RSS_BOUND, (rss1 >> 20, rss2 >> 20)
     print(f"soak: {dict(Counter(statuses))}; threads {threads_start}->{threads1}->{threads2}; "
           f"RSS after round 1 {rss1 >> 20} MiB, after round 2 {rss2 >> 20} MiB")
