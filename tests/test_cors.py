@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from vlserve import cors, limits
+from vlserve import cors
 
 CHAT = "/v1/chat/completions"
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -19,15 +19,6 @@ SDK_HEADERS = ("authorization, content-type, x-stainless-arch, x-stainless-lang,
                "x-stainless-os, x-stainless-package-version, x-stainless-retry-count, "
                "x-stainless-runtime, x-stainless-runtime-version, openai-organization, "
                "openai-project, x-forwarded-for")
-
-
-def cors_app(make_app, **changes):
-    """An app with limits and CORS on, whether or not create_app already wires them."""
-    app = make_app(**changes)
-    settings = app.extensions["vlserve"]["settings"]
-    limits.init_app(app, settings)
-    cors.init_app(app, settings)
-    return app
 
 
 def preflight(client, path=CHAT, origin=SITE, method="POST", headers=SDK_HEADERS):
@@ -64,7 +55,7 @@ def test_off_by_default(make_app):
 
 
 def test_an_allowed_origins_preflight(make_app):
-    r = preflight(cors_app(make_app, cors_origins=(SITE,)).test_client())
+    r = preflight(make_app(cors_origins=(SITE,)).test_client())
     assert r.status_code == 204 and r.data == b""
     assert r.headers["Access-Control-Allow-Origin"] == SITE
     assert {m.strip() for m in r.headers["Access-Control-Allow-Methods"].split(",")} == {
@@ -80,7 +71,7 @@ def test_an_allowed_origins_preflight(make_app):
 
 
 def test_an_allowed_origin_reads_responses_and_streams(make_app):
-    client = cors_app(make_app, cors_origins=(SITE, "http://localhost:3000")).test_client()
+    client = make_app(cors_origins=(SITE, "http://localhost:3000")).test_client()
     models = client.get("/v1/models", headers={"Origin": SITE})
     stream = client.post(CHAT, json=dict(BODY, stream=True), headers={"Origin": SITE})
     for r in (models, stream):
@@ -100,7 +91,7 @@ def test_an_allowed_origin_reads_responses_and_streams(make_app):
 
 
 def test_another_origin_is_refused(make_app):
-    client = cors_app(make_app, cors_origins=(SITE,)).test_client()
+    client = make_app(cors_origins=(SITE,)).test_client()
     for origin in (OTHER, "http://intranet.example", "https://intranet.example:8443",
                    "https://intranet.example.evil.example", "null"):
         r = preflight(client, origin=origin)
@@ -115,13 +106,13 @@ def test_another_origin_is_refused(make_app):
 
 
 def test_origins_match_as_browsers_send_them(make_app):
-    client = cors_app(make_app, cors_origins=("https://Intranet.Example/",)).test_client()
+    client = make_app(cors_origins=("https://Intranet.Example/",)).test_client()
     r = client.get("/v1/models", headers={"Origin": SITE})
     assert r.headers["Access-Control-Allow-Origin"] == SITE
 
 
 def test_preflight_needs_no_key_but_the_request_does(make_app):
-    client = cors_app(make_app, cors_origins=(SITE,), api_keys=(KEY,)).test_client()
+    client = make_app(cors_origins=(SITE,), api_keys=(KEY,)).test_client()
     for path, method in ((CHAT, "POST"), ("/v1/models", "GET"),
                          ("/admin/models/load", "POST")):
         assert preflight(client, path, method=method).status_code == 204, path
@@ -133,7 +124,7 @@ def test_preflight_needs_no_key_but_the_request_does(make_app):
 
 
 def test_a_429_tells_the_page_when_to_retry(make_app):
-    client = cors_app(make_app, cors_origins=(SITE,), rate_limit=1).test_client()
+    client = make_app(cors_origins=(SITE,), rate_limit=1).test_client()
     assert client.post(CHAT, json=BODY, headers={"Origin": SITE}).status_code == 200
     r = client.post(CHAT, json=BODY, headers={"Origin": SITE})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
@@ -143,7 +134,7 @@ def test_a_429_tells_the_page_when_to_retry(make_app):
 
 def test_star_allows_any_origin_with_a_warning_and_never_credentials(make_app, caplog):
     with caplog.at_level(logging.WARNING, logger="vlserve"):
-        client = cors_app(make_app, cors_origins=("*",)).test_client()
+        client = make_app(cors_origins=("*",)).test_client()
     assert "every origin" in caplog.text
     r = preflight(client, origin=OTHER)
     assert r.status_code == 204 and r.headers["Access-Control-Allow-Origin"] == OTHER
@@ -154,7 +145,7 @@ def test_star_allows_any_origin_with_a_warning_and_never_credentials(make_app, c
 
 
 def test_the_page_and_non_preflight_requests_are_left_alone(make_app):
-    client = cors_app(make_app, cors_origins=(SITE,)).test_client()
+    client = make_app(cors_origins=(SITE,)).test_client()
     page = client.get("/", headers={"Origin": SITE})
     assert cors_headers(page) == {}
     # an OPTIONS without Access-Control-Request-Method is no preflight: Flask answers it
@@ -164,7 +155,7 @@ def test_the_page_and_non_preflight_requests_are_left_alone(make_app):
 
 
 def test_init_app_twice_registers_once(make_app):
-    app = cors_app(make_app, cors_origins=(SITE,))
+    app = make_app(cors_origins=(SITE,))
     hooks = len(app.before_request_funcs[None]), len(app.after_request_funcs[None])
     cors.init_app(app, app.extensions["vlserve"]["settings"])
     assert (len(app.before_request_funcs[None]), len(app.after_request_funcs[None])) == hooks

@@ -18,12 +18,7 @@ METRICS_KEY, CHAT_KEY = "metrics-secret-1", "chat-secret-22"
 
 @pytest.fixture
 def build(make_app):
-    """An app with metrics set up; calling init_app again is harmless (create_app may)."""
-    def make(**changes):
-        app = make_app(**changes)
-        metrics.init_app(app, app.extensions["vlserve"]["settings"])
-        return app
-    return make
+    return make_app
 
 
 def scrape(client, **kwargs) -> dict:
