@@ -148,6 +148,15 @@ class LiveServer:
         self._log.flush()
         return self.log_path.read_text()
 
+    def worker_status(self, field: str) -> int:
+        """A number from /proc/<pid>/status of gunicorn's worker process (where the model
+        lives): "VmRSS" (KiB), "Threads"…"""
+        pid = self.proc.pid
+        worker = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0]
+        line = next(x for x in Path(f"/proc/{worker}/status").read_text().splitlines()
+                    if x.startswith(field + ":"))
+        return int(line.split()[1])
+
     def stop(self):
         self.proc.terminate()
         try:

@@ -10,7 +10,6 @@ import random
 from collections import Counter
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -23,17 +22,6 @@ MARKER = "PLUM-WALRUS-{}"   # prompt text that must never reach a log
 KEYS = [f"soak-key-{i:02d}-secret" for i in range(THREADS)]
 FRESH_KEY = "soak-key-fresh-secret"   # unused during the soak: its rate budget is whole
 RSS_BOUND = 32 * 2**20    # growth allowed in round 2, after round 1 warmed everything up
-
-
-def worker_pid(server) -> int:
-    pid = server.proc.pid
-    return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
-
-
-def proc_status(pid: int, field: str) -> int:
-    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if x.startswith(field + ":"))
-    return int(line.split()[1])
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +97,14 @@ def wait_idle(server, timeout=30) -> dict:
 
 def test_soak(soak_server):
     server = soak_server
-    pid = worker_pid(server)
-    threads_start = proc_status(pid, "Threads")
+    threads_start = server.worker_status("Threads")
     # Round 1 fills gunicorn's thread pool (it grows lazily up to --http-threads) and the
     # allocators; round 2 must then leave threads and memory where round 1 left them.
     audit0 = len(server.audit.read_text().splitlines())
     statuses = run_soak(server, round_=1)
     wait_idle(server)
     time.sleep(1.5)   # abandoned streams finish their bookkeeping
-    rss1, threads1 = proc_status(pid, "VmRSS") * 1024, proc_status(pid, "Threads")
+    rss1, threads1 = server.worker_status("VmRSS") * 1024, server.worker_status("Threads")
     statuses += run_soak(server, round_=2)
     wait_idle(server)
     time.sleep(1.5)
@@ -134,7 +121,7 @@ def test_soak(soak_server):
     health = wait_idle(server)
     assert health["status"] == "ok"
 
-    threads2, rss2 = proc_status(pid, "Threads"), proc_status(pid, "VmRSS") * 1024
+    threads2, rss2 = server.worker_status("Threads"), server.worker_status("VmRSS") * 1024
     # The pool may still grow a little in round 2 (lazily, up to --http-threads 16); a leak
     # would be one thread per request, hundreds.
     assert threads2 <= min(threads1 + 2, threads_start + 16), (threads1, threads2)

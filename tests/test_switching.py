@@ -8,7 +8,6 @@ import json
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -50,11 +49,7 @@ def ask(server, model=None, max_tokens=4, stream=False, **kw):
 
 
 def worker_rss(server) -> int:
-    """Resident memory of gunicorn's worker process (where the model lives), in bytes."""
-    pid = server.proc.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    status = Path(f"/proc/{children[0]}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) * 1024
+    return server.worker_status("VmRSS") * 1024
 
 
 def test_models_lists_everything_on_disk_and_which_is_loaded(server):

@@ -239,7 +239,7 @@ def _decode_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]
     if len(parts) > limits.max_images:
         raise InvalidRequestError(f"too many images: {len(parts)} sent, at most "
                                   f"{limits.max_images} per request", param="messages")
-    cache, remote = _state()["images"], settings.remote_policy
+    cache, remote = _state()["images"], _state()["remote"]
     return {p: cache.decode(p.url, limits_for_detail(limits, p.detail), param="messages",
                             remote=remote)
             for p in parts}

@@ -42,6 +42,7 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     app.extensions["vlserve"] = {
         "settings": settings, "worker": worker, "library": library,
         "images": ImageCache(settings.decoded_image_cache_mb * 1024 * 1024),
+        "remote": settings.remote_policy,   # built once: host patterns normalized at start
         "webui": webui.find_webui(settings.webui_dir),
         "observers": [],   # callables(record) told of every finished request
         "responses": (ResponseCache(settings.response_cache_dir, settings.response_cache_mb)

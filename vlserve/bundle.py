@@ -33,6 +33,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .options import option
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT = 1
@@ -43,13 +44,6 @@ HEAD = ("manifest.json", "install.sh", "README.txt")
 SOURCE_SKIP = {".git", ".venv", "venv", "models", "build", "dist", "__pycache__", ".pytest_cache",
                ".ruff_cache", ".mypy_cache", ".benchmarks", "node_modules", "*.egg-info",
                ".bundle-*", ".vlserve-bundle-*", "*.gguf", "*.tar.gz", "*.whl"}
-
-
-def option(*decls, **kw):
-    """A click option that also reads VLSERVE_<NAME> and says so in --help (as in cli.py)."""
-    name = decls[0].lstrip("-").replace("-", "_").upper()
-    return click.option(*decls, envvar=f"VLSERVE_{name}", show_envvar=True,
-                        show_default=True, **kw)
 
 
 @click.command("bundle", context_settings={"help_option_names": ["-h", "--help"],

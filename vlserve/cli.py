@@ -13,6 +13,7 @@ import click
 
 from .config import Settings, default_threads
 from .images import ImageLimits
+from .options import option
 from .remote import RemotePolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,13 +21,6 @@ DEMO_DIR = ROOT / "models" / "tiny"
 DEMO_WARNING = ("DEMO MODEL: serving a generated tiny Qwen3-VL with RANDOM WEIGHTS — its "
                 "answers are gibberish. Run without --demo (or with --model 8b, a GGUF path…) "
                 "to serve a real model.")
-
-
-def option(*decls, **kw):
-    """A click option that also reads VLSERVE_<NAME> and says so in --help."""
-    name = decls[0].lstrip("-").replace("-", "_").upper()
-    return click.option(*decls, envvar=f"VLSERVE_{name}", show_envvar=True,
-                        show_default=True, **kw)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
