@@ -115,16 +115,20 @@ def free_port() -> int:
 class LiveServer:
     """`python server.py serve …` (gunicorn) as a real process on a real port."""
 
-    def __init__(self, tiny_model, *extra: str, log_path: Path):
-        self.port = free_port()
+    def __init__(self, tiny_model, *extra: str, log_path: Path, alias: str = "tiny",
+                 port: int | None = None):
+        """`tiny_model` None: no local model (a pure gateway; `extra` names upstreams)."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        model, mmproj = tiny_model
         models_dir = log_path.parent / "models"  # empty unless a test puts models there
         models_dir.mkdir(exist_ok=True)
-        cmd = [sys.executable, str(ROOT / "server.py"), "serve", "--model", model,
-               "--mmproj", mmproj, "--port", str(self.port), "--threads", "2",
-               "--ctx-size", str(LIVE_CTX), "--alias", "tiny", "--models-dir",
-               str(models_dir), *extra]
+        local = []
+        if tiny_model is not None:
+            model, mmproj = tiny_model
+            local = ["--model", model, "--mmproj", mmproj, "--ctx-size", str(LIVE_CTX),
+                     "--alias", alias]
+        cmd = [sys.executable, str(ROOT / "server.py"), "serve", *local, "--port",
+               str(self.port), "--threads", "2", "--models-dir", str(models_dir), *extra]
         self.log_path = log_path
         self._log = open(log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

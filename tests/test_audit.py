@@ -22,7 +22,7 @@ from vlserve.images import ImageLimits, decode_data_url
 from vlserve.protocol import parse_chat_request
 
 CHAT = "/v1/chat/completions"
-FIELDS = {"time", "key", "client", "method", "route", "status", "duration_ms", "model",
+FIELDS = {"time", "key", "client", "method", "route", "status", "duration_ms", "model", "backend",
           "stream", "images", "prompt_tokens", "completion_tokens", "cached_tokens",
           "image_tokens", "finish_reason", "response_cache", "cancelled", "timings"}
 TIMINGS = {"ttft_ms", "prompt_ms", "predicted_ms", "decode_tokens_per_s", "image_encode_ms"}
@@ -95,7 +95,8 @@ def test_a_chat_request_with_an_image_is_one_line_without_content(build, tmp_pat
     assert line["time"].endswith("Z") and datetime.fromisoformat(line["time"])
     assert (line["method"], line["route"], line["status"]) == ("POST", CHAT, 200)
     assert line["key"] is None and line["client"] == "127.0.0.1"
-    assert line["model"] == "tiny" and line["stream"] is False and line["cancelled"] is False
+    assert line["model"] == "tiny" and line["backend"] == "local"
+    assert line["stream"] is False and line["cancelled"] is False
     assert line["response_cache"] is None   # no --response-cache-dir
     assert line["prompt_tokens"] == usage["prompt_tokens"]
     assert line["completion_tokens"] == usage["completion_tokens"]

@@ -30,6 +30,23 @@ def _body() -> dict:
     return body
 
 
+def _check_local(name: str | None) -> None:
+    """Loading and unloading are about the model in this process: a pure gateway has none,
+    and an upstream's models are loaded by the upstream."""
+    state = current_app.extensions["vlserve"]
+    if not state["settings"].local:
+        raise InvalidRequestError("this server is a gateway without a local model: nothing "
+                                  "to load or unload here (upstreams manage their own models)",
+                                  code="no_local_model")
+    gateway = state.get("gateway")
+    if (name and gateway is not None and gateway.pool.replicas(name)
+            and state["library"].get(name) is None):
+        owners = ", ".join(u.name for u in gateway.pool.replicas(name))
+        raise InvalidRequestError(f"model {name!r} is served by upstream {owners}: it is not "
+                                  "loaded here; requests naming it are forwarded",
+                                  param="model", code="upstream_model")
+
+
 @bp.post("/models/load")
 def load_model():
     """{"model": ID, "wait": true}: 200 when loaded (or already), 202 when not waiting, the
@@ -39,6 +56,7 @@ def load_model():
     if not isinstance(name, str) or not name:
         raise InvalidRequestError("'model' must be the id of a model on this server",
                                   param="model")
+    _check_local(name)
     library = current_app.extensions["vlserve"]["library"]
     model = library.get(name)
     if model is None:
@@ -63,6 +81,7 @@ def load_model():
 @bp.post("/models/unload")
 def unload_model():
     """Free the model's memory now; the next chat request loads it again."""
+    _check_local(None)
     worker = _worker()
     worker.check_accepting()
     switch = worker.unload()

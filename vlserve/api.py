@@ -16,12 +16,14 @@ from . import audit
 from .app import finish_request
 from .engine import Delta, Finished, Prompt
 from .context import Fit, fit_messages, strip_thinking
-from .errors import APIError, ContextLengthError, InvalidRequestError, NotFoundError
+from .errors import (APIError, ContextLengthError, InvalidRequestError, NotFoundError,
+                     ServiceUnavailableError)
 from .images import PreparedImage, limits_for_detail
 from .library import Library, LocalModel
 from .protocol import (ChatRequest, ImagePart, chunk, completion, new_completion_id,
                        parse_chat_request, usage_dict)
 from .reasoning import INLINE_PREFIX, ReasoningSplitter, split_reasoning
+from .upstream import LOCAL
 from .worker import Job, Worker
 
 bp = Blueprint("api", __name__)
@@ -52,11 +54,14 @@ def model_id() -> str:
 
 @bp.get("/health")
 def health():
+    if not _state()["settings"].local:
+        return _gateway_health()
     worker = _worker()
     body = {"status": "ok" if worker.state == "ready" else worker.state,
             "model": model_id(), "queue_depth": worker.depth, "busy": worker.busy,
             "served": dict(worker.stats)}
     engine = worker.engine
+    body.update(_upstream_health())
     if worker.state == "ready" and engine is not None:
         body.update(warmup_seconds=worker.warmup_seconds, **engine.info,
                     cache=engine.cache_stats())
@@ -70,11 +75,33 @@ def health():
     return response
 
 
+def _upstream_health() -> dict:
+    gateway = _state().get("gateway")
+    if gateway is None:
+        return {}
+    return {"upstreams": {u.name: u.status() for u in gateway.pool.upstreams}}
+
+
+def _gateway_health():
+    """No local model: healthy while at least one upstream answers."""
+    pool = _state()["gateway"].pool
+    up = [u for u in pool.upstreams if u.up]
+    body = {"status": "ok" if up else "unavailable", "model": pool.default_model(),
+            "backend": "gateway", **_upstream_health()}
+    if up:
+        return jsonify(body)
+    body["reason"] = "no upstream server answers"
+    response = jsonify(body)
+    response.status_code = 503
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def _model_card(model: LocalModel) -> dict:
     worker = _worker()
     loaded = model.id == worker.model
     card = {"id": model.id, "object": "model", "created": _mtime(model.model),
-            "owned_by": "vlserve",
+            "owned_by": "vlserve", "backend": LOCAL,
             "capabilities": {"vision": True, "completion": True, "thinking": model.thinking},
             "loaded": loaded, "status": worker.state if loaded else "available",
             "files": {"model": model.model.name, "mmproj": model.mmproj.name},
@@ -103,18 +130,49 @@ def _size(model: LocalModel) -> int | None:
         return None
 
 
+def _local_models() -> list[LocalModel]:
+    return _library().models() if _state()["settings"].local else []
+
+
+def _upstream_cards(skip: set[str]) -> dict[str, dict]:
+    """Model id -> card for every upstream model (a local model of the same id wins): the
+    upstream's own card (vLLM's max_model_len…) plus which upstreams serve it."""
+    gateway = _state().get("gateway")
+    if gateway is None:
+        return {}
+    cards = {}
+    for model, replicas in gateway.pool.models().items():
+        if model in skip:
+            continue
+        up, card = any(u.up for u in replicas), replicas[0].cards[model]
+        created = card.get("created")
+        cards[model] = {**card, "id": model, "object": "model",
+                        "created": created if isinstance(created, int) else 0,
+                        "owned_by": str(card.get("owned_by") or replicas[0].name),
+                        "backend": replicas[0].name, "backends": [u.name for u in replicas],
+                        "loaded": False, "status": "available" if up else "down",
+                        "replicas": [{"backend": u.name, "kind": u.kind, "up": u.up,
+                                      "in_flight": u.in_flight} for u in replicas]}
+    return cards
+
+
 @bp.get("/v1/models")
 def list_models():
-    return jsonify({"object": "list", "data": [_model_card(m) for m in _library().models()]})
+    local = [_model_card(m) for m in _local_models()]
+    upstream = _upstream_cards({c["id"] for c in local})
+    return jsonify({"object": "list", "data": local + list(upstream.values())})
 
 
 @bp.get("/v1/models/<path:name>")
 def get_model(name: str):
-    model = _library().get(name)
-    if model is None:
+    model = _library().get(name) if _state()["settings"].local else None
+    if model is not None:
+        return jsonify(_model_card(model))
+    card = _upstream_cards(set()).get(name)
+    if card is None:
         raise NotFoundError(f"model {name!r} is not on this server", param="model",
                             code="model_not_found")
-    return jsonify(_model_card(model))
+    return jsonify(card)
 
 
 # ---- /v1/chat/completions ---------------------------------------------------------------------
@@ -122,15 +180,17 @@ def get_model(name: str):
 @bp.post("/v1/chat/completions")
 def chat_completions():
     settings, worker = _state()["settings"], _worker()
-    req = parse_chat_request(_json_body(), max_tokens_cap=settings.max_tokens_cap or 10**7)
+    body = _json_body()
+    req = parse_chat_request(body, max_tokens_cap=settings.max_tokens_cap or 10**7)
+    upstream_model = _upstream_model(req.model, settings)
+    if upstream_model is not None:
+        images = _request_images(req, settings)
+        return _state()["gateway"].forward(body, req, images, upstream_model)
+    g.record["backend"] = LOCAL
     target = _target_model(req.model, settings)
     worker.check_accepting()
     worker.check_room()
-    images = _decode_images(req, settings)
-    g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images.values()))
-    g.record.update(stream=req.stream, images=[
-        {"sha256": i.sha256, "bytes": i.source_bytes, "width": i.width, "height": i.height}
-        for i in images.values()])
+    images = _request_images(req, settings)
     cache = _state()["responses"]
     cache_key = cache.key(req, images, target or model_id()) if cache else None
     if cache_key:
@@ -156,6 +216,38 @@ def chat_completions():
         response = _collect(job, reply)
     response.headers.update(reply.headers())
     return response
+
+
+def _upstream_model(name: str | None, settings) -> str | None:
+    """The upstream model a request goes to, or None for the local engine. Local models
+    keep their names; a name an upstream serves goes there; any other name goes to the
+    local model when there is one (as before), else to the first upstream model."""
+    gateway = _state().get("gateway")
+    if gateway is None:
+        return None
+    if name and settings.local and _library().get(name) is not None:
+        return None
+    if name and gateway.pool.replicas(name):
+        return name
+    if settings.local:
+        return None
+    model = gateway.pool.default_model()
+    if model is None:
+        raise ServiceUnavailableError("no upstream server has answered yet, so no model is "
+                                      "available; retry shortly", code="upstream_unavailable",
+                                      retry_after=5)
+    return model
+
+
+def _request_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]:
+    """The request's images, checked and prepared (the same for every backend), and their
+    sizes and hashes in the log and the record."""
+    images = _decode_images(req, settings)
+    g.log.update(images=len(images), image_bytes=sum(i.source_bytes for i in images.values()))
+    g.record.update(stream=req.stream, images=[
+        {"sha256": i.sha256, "bytes": i.source_bytes, "width": i.width, "height": i.height}
+        for i in images.values()])
+    return images
 
 
 def _target_model(name: str | None, settings) -> str | None:
@@ -205,7 +297,9 @@ class Reply:
         return {"dropped_images": fit.dropped_images, "dropped_messages": fit.dropped_messages}
 
     def headers(self) -> dict:
-        headers = {"X-Cache": "miss"} if self.cache_key else {}
+        headers = {"X-Vlserve-Backend": LOCAL}
+        if self.cache_key:
+            headers["X-Cache"] = "miss"
         if self.dropped:
             headers["X-Context-Dropped"] = (
                 "images={dropped_images}, messages={dropped_messages}".format(**self.dropped))
@@ -354,7 +448,7 @@ def _replay(hit: dict, req: ChatRequest, images) -> Response:
         body = "".join(_data(e) for e in events) + "data: [DONE]\n\n"
         response = Response(body, mimetype="text/event-stream",
                             headers={"Cache-Control": "no-cache"})
-    response.headers["X-Cache"] = "hit"
+    response.headers.update({"X-Cache": "hit", "X-Vlserve-Backend": LOCAL})
     return response
 
 

@@ -46,7 +46,8 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
         "webui": webui.find_webui(settings.webui_dir),
         "observers": [],   # callables(record) told of every finished request
         "responses": (ResponseCache(settings.response_cache_dir, settings.response_cache_mb)
-                      if settings.response_cache_dir else None)}
+                      if settings.response_cache_dir else None),
+        "gateway": make_gateway(settings)}
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(webui.bp)
@@ -58,9 +59,29 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     metrics.init_app(app, settings)
     audit.init_app(app, settings)
     _register_errors(app)
+    if not settings.local:
+        worker.without_model(GATEWAY_ONLY)
     if start:
-        worker.start()
+        if settings.local:
+            worker.start()
+        if app.extensions["vlserve"]["gateway"] is not None:
+            app.extensions["vlserve"]["gateway"].pool.start()
     return app
+
+
+GATEWAY_ONLY = ("no local model: this server forwards to its upstreams (start it with "
+                "--model to also serve a model here)")
+
+
+def make_gateway(settings: Settings):
+    """The upstream pool and the forwarder, when --upstream is given."""
+    if not settings.upstreams:
+        return None
+    from .gateway import Gateway
+    from .upstream import Pool
+    pool = Pool(settings.upstreams, interval=settings.upstream_check_interval,
+                connect_timeout=settings.upstream_connect_timeout)
+    return Gateway(pool, request_timeout=settings.request_timeout, limits=settings.images)
 
 
 def make_library(settings: Settings) -> Library:

@@ -39,8 +39,8 @@ logger.setLevel(logging.INFO)
 AUDITED_PREFIXES = ("/v1/", "/admin/")
 # Copied from the request's record as they are (null when the request has none).
 RECORD_FIELDS = ("key", "client", "method", "route", "status", "duration_ms", "model",
-                 "stream", "images", "prompt_tokens", "completion_tokens", "cached_tokens",
-                 "image_tokens", "finish_reason", "response_cache")
+                 "backend", "stream", "images", "prompt_tokens", "completion_tokens",
+                 "cached_tokens", "image_tokens", "finish_reason", "response_cache")
 IMAGE_FIELDS = ("sha256", "bytes", "width", "height")
 TIMING_FIELDS = ("ttft_ms", "prompt_ms", "predicted_ms", "decode_tokens_per_s",
                  "image_encode_ms")

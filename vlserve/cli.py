@@ -15,6 +15,7 @@ from .config import Settings, default_threads
 from .images import ImageLimits
 from .options import option
 from .remote import RemotePolicy
+from .upstream import UpstreamSpecError, parse_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "models" / "tiny"
@@ -156,6 +157,17 @@ class GpuLayers(click.ParamType):
              "folder and answer repeats from it (X-Cache: hit). Default: off.")
 @option("--response-cache-mb", type=click.FloatRange(1), default=256.0,
         help="Size bound of the response cache (least recently used answers go first).")
+@option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
+        help="An OpenAI-compatible server to forward requests to (vLLM, llama.cpp, another "
+             "vlserve), e.g. gpu1=http://10.0.0.5:8000. Repeatable: servers serving the same "
+             "model id are replicas of it. Requests naming its models go there; without "
+             "--model, vlserve runs as a pure gateway (docs/scale-out.md).")
+@option("--upstream-key", "upstream_keys", multiple=True, metavar="NAME=KEY",
+        help="The API key vlserve sends to upstream NAME. Repeatable.")
+@option("--upstream-check-interval", type=click.FloatRange(0.1), default=5.0,
+        help="Seconds between health checks of the upstreams (GET /v1/models).")
+@option("--upstream-connect-timeout", type=click.FloatRange(0.1), default=5.0,
+        help="Seconds to connect to an upstream before trying another replica.")
 @option("--certfile", type=click.Path(dir_okay=False, exists=True),
         help="Serve HTTPS with this PEM certificate (with --keyfile). Behind a reverse proxy "
              "let the proxy do TLS instead (docs/deploy.md).")
@@ -206,8 +218,14 @@ def settings_from_options(opts: dict) -> Settings:
     _check_keys(opts)
     opts["repack"] = not opts.pop("no_repack")
     opts["warmup"] = not opts.pop("no_warmup")
+    try:
+        opts["upstreams"] = parse_specs(opts["upstreams"], opts.pop("upstream_keys"))
+    except UpstreamSpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--upstream") from None
     if opts["demo"]:
         opts.update(_demo_model(opts))
+    elif opts["upstreams"] and not opts["model"]:
+        opts.update(model=None, mmproj=None)   # a pure gateway: no local model
     else:
         opts.update(_chosen_model(opts))
     return Settings(images=images, **opts)
@@ -248,6 +266,8 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the demo model's writer is chatty
+    # one line per upstream call, URL included: vlserve logs its own line per request
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 @main.command()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .images import ImageLimits
 from .remote import RemotePolicy
+from .upstream import UpstreamSpec
 
 DEFAULT_CTX = 8192   # context when neither --ctx-size nor the model's catalog entry says
 
@@ -62,6 +63,9 @@ class Settings:
     remote_image_hosts: tuple[str, ...] = ()  # hosts images may be fetched from; () = none
     remote_images_allow_private: bool = False  # also LAN/loopback addresses (a LAN camera)
     remote_image_timeout: float = 10.0        # seconds for a whole fetch, redirects included
+    upstreams: tuple[UpstreamSpec, ...] = ()  # OpenAI-compatible servers to forward to
+    upstream_check_interval: float = 5.0      # seconds between health checks of upstreams
+    upstream_connect_timeout: float = 5.0     # seconds to connect before trying a replica
     certfile: str | None = None       # TLS: serve https with this certificate…
     keyfile: str | None = None        # …and its private key
     host: str = "127.0.0.1"
@@ -81,6 +85,11 @@ class Settings:
         if self.model_alias:
             return self.model_alias
         return Path(self.model).stem if self.model else "none"
+
+    @property
+    def local(self) -> bool:
+        """A model runs in this process (else: a pure gateway to the upstreams)."""
+        return self.model is not None or not self.upstreams
 
     @property
     def remote_policy(self) -> RemotePolicy | None:

@@ -88,3 +88,20 @@ class ModelLoadError(APIError):
     status = 500
     type = "server_error"
     code = "model_load_failed"
+
+
+class BadGatewayError(APIError):
+    """An upstream server could not be reached or broke the connection (gateway mode)."""
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unreachable"
+
+
+class UpstreamError(APIError):
+    """An upstream's own error response, passed on with its status (gateway mode)."""
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, status: int, **kwargs):
+        super().__init__(message, **kwargs)
+        self.status = status

@@ -55,10 +55,10 @@ class Metrics:
             "vlserve_time_to_first_token_seconds", "Streams (stream=true): from the start of "
             "the response, queue wait and prefill included, to the first token. Non-streaming "
             "(stream=false): prompt processing time only, an approximation without the queue "
-            "wait", ["model", "stream"], buckets=TTFT_BUCKETS, registry=registry)
+            "wait", ["model", "stream", "backend"], buckets=TTFT_BUCKETS, registry=registry)
         self.tokens = Counter("vlserve_generated_tokens", "Completion tokens of answered "
-                              "chat requests (not of streams their client left)", ["model"],
-                              registry=registry)
+                              "chat requests (not of streams their client left)",
+                              ["model", "backend"], registry=registry)
         self.tps = Histogram("vlserve_decode_tokens_per_second", "Decode speed per request",
                              ["model"], buckets=TPS_BUCKETS, registry=registry)
         self.prompt = Counter(
@@ -73,7 +73,10 @@ class Metrics:
                                 "request that encoded images", buckets=IMAGE_BUCKETS,
                                 registry=registry)
         self.finished = Counter("vlserve_completions", "Chat completions, by finish reason",
-                                ["model", "reason"], registry=registry)
+                                ["model", "reason", "backend"], registry=registry)
+        self.backend = Counter("vlserve_backend_requests", "Chat requests that reached a "
+                               "backend: 'local' (this process) or an upstream's name",
+                               ["backend", "status"], registry=registry)
         self.cancelled = Counter("vlserve_cancelled_requests", "Chat requests whose client "
                                  "left before the answer ended", registry=registry)
         self.replayed = Counter("vlserve_response_cache", "Deterministic chat requests: "
@@ -94,18 +97,21 @@ class Metrics:
             self.cancelled.inc()
         if record.get("response_cache") in ("hit", "miss"):
             self.replayed.labels(record["response_cache"]).inc()
+        if record.get("backend"):
+            self.backend.labels(record["backend"], str(record.get("status"))).inc()
         if isinstance(record.get("timings"), dict):  # a chat request that got to the engine
             self._chat(record, record["timings"])
 
     def _chat(self, record: dict, timings: dict) -> None:
         # The record's model is the id of the model that answered (api.job_model), never
         # the client's "model" field: the series stay bounded by the models on disk.
-        model = str(record.get("model") or "none")
+        # Backend names come from the server's own --upstream flags: bounded too.
+        model, backend = str(record.get("model") or "none"), record.get("backend") or "local"
         stream = bool(record.get("stream"))
         first_ms = timings.get("ttft_ms") if stream else timings.get("prompt_ms")
         if first_ms is not None:
-            self.ttft.labels(model, str(stream).lower()).observe(first_ms / 1000)
-        self.tokens.labels(model).inc(record.get("completion_tokens") or 0)
+            self.ttft.labels(model, str(stream).lower(), backend).observe(first_ms / 1000)
+        self.tokens.labels(model, backend).inc(record.get("completion_tokens") or 0)
         if timings.get("decode_tokens_per_s"):
             self.tps.labels(model).observe(timings["decode_tokens_per_s"])
         self.prompt.labels(model, "evaluated").inc(timings.get("prompt_tokens_evaluated", 0))
@@ -116,7 +122,8 @@ class Metrics:
         if timings.get("images_encoded"):
             self.encode.observe(timings.get("image_encode_ms", 0) / 1000)
         reason = record.get("finish_reason")
-        self.finished.labels(model, reason if reason in FINISH_REASONS else "other").inc()
+        self.finished.labels(model, reason if reason in FINISH_REASONS else "other",
+                             backend).inc()
 
 
 class _LiveCollector:
@@ -144,6 +151,25 @@ class _LiveCollector:
         yield CounterMetricFamily("vlserve_request_timeouts", "Chat requests stopped by the "
                                   "request timeout", value=stats["timeout"])
         yield from _limit_counters(self._state.get("limits"))
+        yield from _upstream_metrics(self._state.get("gateway"))
+
+
+def _upstream_metrics(gateway):
+    """Each upstream's health, requests in flight and failovers away from it."""
+    if gateway is None:
+        return
+    up = GaugeMetricFamily("vlserve_upstream_up", "1 while the upstream answers its health "
+                           "check", labels=["backend"])
+    flight = GaugeMetricFamily("vlserve_upstream_in_flight", "Requests vlserve has running "
+                               "on the upstream", labels=["backend"])
+    failovers = CounterMetricFamily("vlserve_upstream_failovers", "Requests sent to another "
+                                    "replica because this upstream failed or was busy",
+                                    labels=["backend"])
+    for upstream in gateway.pool.upstreams:
+        up.add_metric([upstream.name], int(upstream.up))
+        flight.add_metric([upstream.name], upstream.in_flight)
+        failovers.add_metric([upstream.name], upstream.failovers)
+    yield from (up, flight, failovers)
 
 
 def _limit_counters(limits):

@@ -98,12 +98,18 @@ ERROR_RESPONSES = {
     500: ("InternalError", (
           "An internal error, or another model could not be loaded (code "
           "`model_load_failed`; the previous model serves again).")),
+    502: ("BadGateway", (
+          "Gateway mode: no upstream serving the model could be reached (code "
+          "`upstream_unreachable`), one broke off (`upstream_disconnected`) or refused "
+          "vlserve's key (`upstream_auth_failed`). The message names the upstreams.")),
     503: ("ServiceUnavailable", (
-          "The queue is full (code `server_busy`) or the model is not ready (code "
-          "`model_not_ready`); retry after Retry-After.")),
+          "The queue is full (code `server_busy`), the model is not ready (code "
+          "`model_not_ready`), or every upstream serving it is down (code "
+          "`upstream_unavailable`); retry after Retry-After.")),
     504: ("GatewayTimeout", (
           "The request exceeded the server's request timeout (`--timeout`), queued or "
-          "generating (code `request_timeout`).")),
+          "generating (code `request_timeout`), or an upstream did not answer within it "
+          "(code `upstream_timeout`).")),
 }
 
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
@@ -295,7 +301,8 @@ def _schemas() -> dict:
                          "description": "invalid_request_error, authentication_error, "
                                         "permission_error, not_found_error, "
                                         "rate_limit_error, service_unavailable, "
-                                        "timeout_error, server_error"},
+                                        "timeout_error, server_error, upstream_error (or "
+                                        "an upstream's own type, passed on)"},
                 "param": {"type": ["string", "null"],
                           "description": "The request field at fault, e.g. "
                                          "`messages[0].content[1].image_url`."},
@@ -305,15 +312,27 @@ def _schemas() -> dict:
                                         "insufficient_scope, payload_too_large, "
                                         "rate_limit_exceeded, too_many_concurrent_requests, "
                                         "server_busy, model_not_ready, request_timeout, "
-                                        "model_load_failed"},
+                                        "model_load_failed, upstream_unreachable, "
+                                        "upstream_unavailable, upstream_timeout"},
             }}}}
     model = {
         "type": "object",
-        "required": ["id", "object", "created", "owned_by", "capabilities", "loaded",
-                     "status", "files", "size_bytes"],
+        "required": ["id", "object", "created", "owned_by", "backend", "loaded", "status"],
+        "description": "A model of this server (`backend: local`: `capabilities`, `files` "
+                       "and `size_bytes` too) or of an upstream (its own card's fields, "
+                       "plus `backends` and `replicas`).",
         "properties": {
             "id": STRING, "object": {"const": "model"}, "created": INT,
             "owned_by": STRING,
+            "backend": {"type": "string",
+                        "description": "`local`, or the name of the (first) upstream "
+                                       "serving it."},
+            "backends": {"type": "array", "items": STRING,
+                         "description": "Upstream models: every upstream serving it."},
+            "replicas": {"type": "array", "items": {
+                "type": "object", "required": ["backend", "kind", "up", "in_flight"],
+                "properties": {"backend": STRING, "kind": STRING, "up": BOOL,
+                               "in_flight": COUNT}}},
             "capabilities": {"type": "object",
                              "required": ["vision", "completion", "thinking"],
                              "properties": {"vision": BOOL, "completion": BOOL,
@@ -322,7 +341,8 @@ def _schemas() -> dict:
             "status": {"type": "string",
                        "description": "`available`, or for the loaded model the server's "
                                       "state (`loading`, `warming`, `ready`, `unloaded`, "
-                                      "`failed`)."},
+                                      "`failed`); upstream models: `available` or `down` "
+                                      "(no replica answers)."},
             "files": {"type": "object", "required": ["model", "mmproj"],
                       "properties": {"model": STRING, "mmproj": STRING}},
             "size_bytes": {"type": ["integer", "null"], "minimum": 0},
@@ -334,11 +354,21 @@ def _schemas() -> dict:
         "type": "object", "required": ["object", "data"],
         "properties": {"object": {"const": "list"},
                        "data": {"type": "array", "items": _ref("Model")}}}
+    upstream = {"type": "object", "required": ["up", "kind", "models", "in_flight", "error"],
+                "properties": {"up": BOOL, "kind": STRING,
+                               "models": {"type": "array", "items": STRING},
+                               "in_flight": COUNT, "error": {"type": ["string", "null"]}}}
     health = {
-        "type": "object", "required": ["status", "model", "queue_depth", "busy", "served"],
+        "type": "object", "required": ["status", "model"],
         "properties": {
-            "status": {"enum": ["ok", "loading", "warming", "unloaded", "failed", "stopped"]},
-            "model": STRING, "queue_depth": COUNT, "busy": BOOL,
+            "status": {"enum": ["ok", "loading", "warming", "unloaded", "failed", "stopped",
+                                "unavailable"]},
+            "model": {"type": ["string", "null"]}, "queue_depth": COUNT, "busy": BOOL,
+            "backend": {"const": "gateway",
+                        "description": "Only on a pure gateway (no local model)."},
+            "upstreams": {"type": "object", "additionalProperties": upstream,
+                          "description": "With --upstream: each upstream by name (never its "
+                                         "URL)."},
             "served": {"type": "object", "additionalProperties": COUNT,
                        "description": "Counters: finish reasons, tokens generated, loads."},
             "reason": {"type": ["string", "null"],
@@ -369,7 +399,7 @@ def _schemas() -> dict:
         "properties": {
             "type": {"enum": ["state", "progress", "rolled_back"]},
             "state": {"enum": ["loading", "warming", "ready", "unloaded", "failed",
-                               "stopped"]},
+                               "stopped", "none"]},
             "reason": {"type": ["string", "null"]},
             "model": {"type": ["string", "null"]},
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
@@ -407,7 +437,7 @@ def _sse_event(payload: dict, *, done: bool, description: str) -> dict:
 # ---- paths ------------------------------------------------------------------------------------
 
 def _paths() -> dict:
-    chat_errors = _errors(400, 401, 403, 404, 413, 429, 500, 503, 504)
+    chat_errors = _errors(400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
     return {
         "/v1/chat/completions": {"post": {
             "operationId": "createChatCompletion", "tags": ["OpenAI"],
@@ -428,7 +458,13 @@ def _paths() -> dict:
                             "description": "With `--response-cache-dir`, on deterministic "
                                            "requests (temperature 0 or a seed): `hit` "
                                            "(replayed from disk) or `miss`.",
-                            "schema": {"enum": ["hit", "miss"]}}},
+                            "schema": {"enum": ["hit", "miss"]}},
+                        "X-Vlserve-Backend": {
+                            "description": "Who answered: `local` or the upstream's name.",
+                            "schema": STRING},
+                        "X-Vlserve-Upstream-Notes": {
+                            "description": "Gateway mode: parameters mapped or dropped for "
+                                           "the upstream.", "schema": STRING}},
                     "content": {
                         "application/json": {"schema": _ref("ChatCompletion")},
                         "text/event-stream": {"schema": _ref("ChatCompletionEvent")}}},

@@ -113,6 +113,7 @@ class Worker:
         self.engine: Engine | None = None
         self.model = model              # id of the loaded model (or the one to load)
         self.state = "loading"          # loading | warming | ready | unloaded | failed | stopped
+                                        # | none (no local model: a pure gateway)
         self.reason = "loading the model"
         self.warmup_seconds: float | None = None
         self.load_seconds: float | None = None
@@ -128,6 +129,11 @@ class Worker:
     def start(self) -> "Worker":
         self._thread.start()
         return self
+
+    def without_model(self, reason: str) -> None:
+        """No local model at all (a pure gateway): never started, refuses jobs."""
+        self.model = None
+        self._set_state("none", reason)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._set_state("stopped", "the server is shutting down")
