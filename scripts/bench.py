@@ -54,10 +54,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def photo_url(width=1024, height=768) -> str:
-    """A synthetic photo-like JPEG (gradients and shapes), the size the server keeps."""
+def photo_url(width=1024, height=768, shade: int = 0) -> str:
+    """A synthetic photo-like JPEG (gradients and shapes), the size the server keeps;
+    another `shade` gives other pixels (an image no cache has seen)."""
     img = Image.radial_gradient("L").resize((width, height)).convert("RGB")
-    img.paste((180, 90, 40), (width // 4, height // 4, width // 2, height // 2))
+    img.paste((180, 90, 40 + shade), (width // 4, height // 4, width // 2, height // 2))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=92)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -257,6 +258,46 @@ def start_llama_cpp_python(args, port: int) -> subprocess.Popen:
     return launch("llama-cpp-python", cmd, f"http://127.0.0.1:{port}/v1/models")
 
 
+def bench_gateway(args) -> dict:
+    """The cost of the gateway: the same streams straight to a vlserve and through a second
+    vlserve that forwards to it (--upstream), alternating, medians of --runs each."""
+    port, gw_port = free_port(), free_port()
+    upstream = start_server(args, port)
+    gateway = launch("vlserve-gateway", [
+        sys.executable, str(ROOT / "server.py"), "serve", "--port", str(gw_port),
+        "--upstream", f"up=http://127.0.0.1:{port}", "--log-level", "warning"],
+        f"http://127.0.0.1:{gw_port}/health")
+    urls = {"direct": f"http://127.0.0.1:{port}", "gateway": f"http://127.0.0.1:{gw_port}"}
+    runs = {name: {"text": [], "image": []} for name in urls}
+    try:
+        for i in range(args.runs):
+            for name, url in urls.items():
+                runs[name]["text"].append(stream_chat(
+                    url, [user_message(cold_prompt(100 * i + len(name)))], args.tokens))
+                # a new photo each time: the upstream's caches cannot answer it
+                shade = 2 * i + (name == "gateway")
+                runs[name]["image"].append(stream_chat(url, [user_message([
+                    {"type": "image_url", "image_url": {"url": photo_url(shade=shade)}},
+                    {"type": "text", "text": f"What is in photo {i} ({name})?"}])], 8))
+    finally:
+        stop(gateway)
+        stop(upstream)
+    out = {name: {"ttft_s": statistics.median(r["ttft_s"] for r in got["text"]),
+                  "decode_tok_s": statistics.median(r["decode_tok_s"] for r in got["text"]),
+                  "image_ttft_s": statistics.median(r["ttft_s"] for r in got["image"])}
+           for name, got in runs.items()}
+    d, g = out["direct"], out["gateway"]
+    out["gateway_vs_direct"] = {
+        "decode": round(g["decode_tok_s"] / d["decode_tok_s"], 3) if d["decode_tok_s"] else None,
+        "ttft_added_ms": round((g["ttft_s"] - d["ttft_s"]) * 1000, 1),
+        "image_ttft_added_ms": round((g["image_ttft_s"] - d["image_ttft_s"]) * 1000, 1)}
+    print("\nThrough the gateway vs straight to the upstream (medians of "
+          f"{args.runs}): decode {out['gateway_vs_direct']['decode']}x, first token "
+          f"+{out['gateway_vs_direct']['ttft_added_ms']} ms, with a 1024x768 photo "
+          f"+{out['gateway_vs_direct']['image_ttft_added_ms']} ms")
+    return out
+
+
 PEERS = {"vlserve": start_server, "llama-server": start_llama_server,
          "llama-cpp-python": start_llama_cpp_python}
 
@@ -355,7 +396,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="quant of the generated bench preset (when --model is not given)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=4096)
-    ap.add_argument("--scenario", default="all", choices=["decode", "turns", "all"])
+    ap.add_argument("--scenario", default="all", choices=["decode", "turns", "gateway", "all"])
     ap.add_argument("--tokens", type=int, default=64, help="decode: tokens to generate per run")
     ap.add_argument("--runs", type=int, default=3, help="decode: runs (median reported)")
     ap.add_argument("--turn-tokens", type=int, default=32, help="turns: max_tokens per turn")
@@ -395,6 +436,8 @@ def main(argv=None) -> None:
         if args.scenario in ("turns", "all"):
             result["turns"] = bench_turns(args)
             print_turns(result["turns"])
+        if args.scenario in ("gateway", "all"):
+            result["gateway"] = bench_gateway(args)
         print("\n" + json.dumps(result, indent=2))
     finally:
         if tmp:

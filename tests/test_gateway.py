@@ -23,6 +23,7 @@ from conftest import LiveServer, data_url, user
 from peers import LlamaCppServer
 
 LONG = 12000      # tokens: a generation that outlasts every wait in these tests
+DEAD = ("connection refused or host unreachable", "connection lost", "closed the connection")
 CHAT_KEY, OPS_KEY = "chat-key-5b1e", "ops-key-77c2"
 
 
@@ -155,7 +156,7 @@ def test_a_stream_arrives_while_the_upstream_is_still_generating(gateway, peers)
             if got == 3:
                 break
     during = health(replica)
-    assert during["busy"] is True    # three tokens here, thousands still to come there
+    assert during["busy"] is True, during    # three tokens here, thousands still to come there
     r.close()                        # the client leaves
     wait_for(lambda: not health(replica)["busy"], 5, "the replica to stop")
     served = health(replica)["served"]
@@ -345,7 +346,8 @@ def test_a_dead_replica_costs_no_request_then_all_down_is_clear(pair, tmp_path):
             r = chat(gw, {"messages": [user("hi")], "max_tokens": 2, "stream": i % 2 == 1})
             assert r.status_code == 200 and r.headers["X-Vlserve-Backend"] == "a"
         b = health(gw)["upstreams"]["b"]
-        assert b["up"] is False and "refused" in b["error"]
+        # refused (a new connection) or lost (a kept-alive one): the crash, in a few words
+        assert b["up"] is False and b["error"] in DEAD
         metrics = requests.get(gw.url + "/metrics", timeout=5).text
         assert 'vlserve_upstream_failovers_total{backend="b"} 1.0' in metrics
 
@@ -410,7 +412,7 @@ def test_an_upstream_that_comes_back_is_used_again(tiny_model, tmp_path):
         r = wait_for(lambda: (x := requests.get(gw.url + "/health", timeout=5)).status_code
                      == 503 and [x], 10, "the gateway to see the upstream down")[0]
         assert r.json()["status"] == "unavailable" and r.json()["upstreams"]["h"]["up"] is False
-        assert "refused" in r.json()["upstreams"]["h"]["error"]
+        assert r.json()["upstreams"]["h"]["error"] in DEAD
         card = requests.get(gw.url + "/v1/models", timeout=5).json()["data"][0]
         assert card["id"] == "tiny-h" and card["status"] == "down"
         r = chat(gw, {"messages": [user("hi")], "max_tokens": 2})

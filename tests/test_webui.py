@@ -822,6 +822,54 @@ def test_model_selector_switches_with_progress(thinking_server, open_page):
     expect(dialog).to_be_hidden()
 
 
+@pytest.fixture(scope="module")
+def upstream(tiny_model, tmp_path_factory):
+    """Another vlserve, serving the tiny model as "tiny-up": an upstream for a gateway."""
+    s = _server(tmp_path_factory, tiny_model, "--alias", "tiny-up")
+    yield s
+    s.stop()
+
+
+def test_choosing_an_upstream_model_sends_there_without_loading(tiny_model, upstream,
+                                                                tmp_path_factory, open_page):
+    from playwright.sync_api import expect
+    mixed = _server(tmp_path_factory, tiny_model, "--upstream", f"up={upstream.url}")
+    try:
+        page = open_page(mixed, settings={"maxTokens": 40})
+        page.get_by_test_id("settings-button").click()
+        select = page.get_by_test_id("model-select")
+        expect(select.locator("option")).to_have_text(["tiny (loaded)", "tiny-up (up)"])
+        served = health(upstream)["served"]["length"]
+        select.select_option("tiny-up")
+        expect(page.get_by_test_id("toast").filter(has_text="Model chosen")).to_be_visible()
+        expect(page.locator("#model-info")).to_contain_text("served by up")
+        expect(page.get_by_test_id("model-progress")).to_be_hidden()   # nothing to load
+        expect(page.locator("#model-name")).to_have_text("tiny-up")
+        page.keyboard.press("Escape")
+        send(page, "hello upstream")
+        wait_answers(page, 1)
+        assert health(upstream)["served"]["length"] == served + 1   # answered there
+        assert health(mixed)["served"]["length"] == 0               # not here
+    finally:
+        mixed.stop()
+
+
+def test_a_pure_gateway_serves_the_page(upstream, tmp_path_factory, open_page):
+    from playwright.sync_api import expect
+    gateway = _server(tmp_path_factory, None, "--upstream", f"up={upstream.url}")
+    try:
+        # ready: /health is ok while an upstream is up
+        page = open_page(gateway, settings={"maxTokens": 40})
+        expect(page.locator("#model-name")).to_have_text("tiny-up")
+        served = health(upstream)["served"]["length"]
+        send(page, "hello through the gateway")
+        wait_answers(page, 1)
+        assert answer_text(page)
+        assert health(upstream)["served"]["length"] == served + 1
+    finally:
+        gateway.stop()
+
+
 def test_settings_are_kept_and_sent(server, open_page):
     from playwright.sync_api import expect
     page = open_page(server)

@@ -186,11 +186,11 @@ def chat_completions():
     if upstream_model is not None:
         images = _request_images(req, settings)
         return _state()["gateway"].forward(body, req, images, upstream_model)
-    g.record["backend"] = LOCAL
     target = _target_model(req.model, settings)
     worker.check_accepting()
     worker.check_room()
     images = _request_images(req, settings)
+    g.record["backend"] = LOCAL
     cache = _state()["responses"]
     cache_key = cache.key(req, images, target or model_id()) if cache else None
     if cache_key:

@@ -76,7 +76,7 @@ class Gateway:
         t0 = time.monotonic()
         opened = self._open(body, req, images, model)
         upstream = opened.upstream
-        g.record.update(backend=upstream.name, model=model)
+        g.record["backend"] = upstream.name
         g.log.update(backend=upstream.name)
         headers = {"X-Vlserve-Backend": upstream.name}
         if opened.notes:
@@ -276,10 +276,20 @@ def _json_answer(content: bytes, headers: dict) -> Response:
 def _record_answer(answer: dict) -> None:
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
     choices = answer.get("choices") or [{}]
-    g.record.update(prompt_tokens=usage.get("prompt_tokens"),
-                    completion_tokens=usage.get("completion_tokens"),
-                    finish_reason=(choices[0] or {}).get("finish_reason"), timings={})
+    _record_usage(usage, answer.get("model"))
+    g.record.update(finish_reason=(choices[0] or {}).get("finish_reason"), timings={})
     g.log.update(completion_tokens=usage.get("completion_tokens"))
+
+
+def _record_usage(usage: dict, model) -> None:
+    """The finished answer's model and token counts, as the upstream reported them."""
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    g.record.update(model=str(model) if model else None,
+                    prompt_tokens=usage.get("prompt_tokens"),
+                    completion_tokens=usage.get("completion_tokens"),
+                    cached_tokens=details.get("cached_tokens"),
+                    image_tokens=details.get("image_tokens"))
 
 
 def _retry_after(response: httpx2.Response) -> int | None:
@@ -338,6 +348,7 @@ class _Relay:
     def __init__(self, gateway: Gateway, opened: _Opened, wants_usage: bool, t0: float):
         self.gateway, self.opened, self.wants_usage, self.t0 = gateway, opened, wants_usage, t0
         self.ttft: float | None = None
+        self.model: str | None = None
         self.usage: dict | None = None
         self.finish: str | None = None
         self.chunks = 0              # content deltas seen: the count when there is no usage
@@ -366,7 +377,7 @@ class _Relay:
             yield f"data: {json.dumps(error.to_dict())}\n\ndata: [DONE]\n\n".encode()
         finally:
             self.gateway._close(self.opened)
-            self._record()
+            self._record(status == 200)
             finish_request(status)
 
     def _keep(self, frame: bytes) -> bool:
@@ -382,6 +393,7 @@ class _Relay:
         if not isinstance(event, dict):
             return True
         choices = event.get("choices") or []
+        self.model = self.model or event.get("model")
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
@@ -396,15 +408,19 @@ class _Relay:
                 return False
         return True
 
-    def _record(self) -> None:
-        usage = self.usage or {}
-        tokens = usage.get("completion_tokens", self.chunks)
+    def _record(self, finished: bool) -> None:
+        """Counts for the audit log and metrics: the upstream's usage when it sent one,
+        else the content chunks seen (one token each on the servers that omit usage)."""
+        usage = dict(self.usage or {})
+        usage.setdefault("completion_tokens", self.chunks)
+        tokens = usage["completion_tokens"]
         timings = {"ttft_ms": round(self.ttft * 1000, 2)} if self.ttft is not None else {}
         elapsed = time.monotonic() - self.t0
         if self.ttft is not None and tokens > 1 and elapsed > self.ttft:
             timings["decode_tokens_per_s"] = round((tokens - 1) / (elapsed - self.ttft), 2)
-        g.record.update(prompt_tokens=usage.get("prompt_tokens"), completion_tokens=tokens,
-                        finish_reason=self.finish, timings=timings)
+        if finished:
+            _record_usage(usage, self.model)
+        g.record.update(finish_reason=self.finish, timings=timings)
         g.log.update(completion_tokens=tokens, finish=self.finish)
 
 

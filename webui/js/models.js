@@ -1,18 +1,22 @@
 // The server's model: which one is loaded (the pill in the top bar, the empty state), the
 // selector in the settings sheet, switching with live progress from /admin/models/events,
 // and watching /health while the server loads so the page can say why it cannot answer yet.
+// Models on upstream servers (gateway mode, `backend` other than "local") are not loaded
+// here: choosing one just sends the next messages to it.
 
 import { apiFetch, getHealth, getJSON, postJSON, sseData, isAbort } from "./api.js";
 import { formatBytes } from "./dom.js";
 import { toast, dismissKey } from "./toasts.js";
 import { explain } from "./explain.js";
 
-const state = { models: [], loaded: null, status: "unknown", switching: null };
+const state = { models: [], loaded: null, chosen: null, status: "unknown", switching: null };
 let ui;
 
 export function currentModel() {
-  return state.switching || state.loaded;
+  return state.switching || state.chosen || state.loaded;
 }
+
+const isUpstream = (model) => Boolean(model && model.backend && model.backend !== "local");
 
 export function initModels() {
   ui = {
@@ -54,8 +58,8 @@ export async function refreshModels() {
 function renderSelect() {
   const { select } = ui;
   select.replaceChildren(...state.models.map((m) => {
-    const option = new Option(m.id + (m.loaded ? " (loaded)" : ""), m.id);
-    return option;
+    const where = m.loaded ? " (loaded)" : isUpstream(m) ? ` (${m.backend}${m.status === "down" ? ", down" : ""})` : "";
+    return new Option(m.id + where, m.id);
   }));
   if (!state.models.length) select.append(new Option(state.loaded || "no models found", ""));
   select.value = currentModel() || "";
@@ -68,9 +72,12 @@ function describe(model) {
   const caps = [model.capabilities?.vision && "vision", model.capabilities?.thinking && "thinking"]
     .filter(Boolean).join(" · ");
   const size = model.size_bytes ? formatBytes(model.size_bytes) : "";
+  const where = isUpstream(model)
+    ? `served by ${(model.backends || [model.backend]).join(", ")}${model.status === "down" ? " (down)" : ""}`
+    : "";
   const count = state.models.length;
-  const more = count < 2 ? " · the only model on this server" : ` · ${count} models on disk`;
-  return [caps, size].filter(Boolean).join(" · ") + more;
+  const more = count < 2 ? " · the only model on this server" : ` · ${count} models`;
+  return [caps, size, where].filter(Boolean).join(" · ") + more;
 }
 
 function setStatus(status) {
@@ -140,7 +147,22 @@ function announce(status, health) {
 // ---- switching -----------------------------------------------------------------------------
 
 async function switchModel(id) {
-  if (!id || id === state.loaded || state.switching) return;
+  if (!id || state.switching) return;
+  const card = state.models.find((m) => m.id === id);
+  if (isUpstream(card)) {
+    state.chosen = id;
+    renderSelect();
+    renderPill();
+    toast({ kind: "success", title: "Model chosen",
+      message: `Now answering with ${id}, on ${card.backend}.` });
+    return;
+  }
+  state.chosen = null;
+  if (id === state.loaded) {
+    renderSelect();
+    renderPill();
+    return;
+  }
   const previous = state.loaded;
   state.switching = id;
   showProgress(0, `Loading ${id}…`);
@@ -201,7 +223,8 @@ function finishSwitch(id, previous, outcome) {
 
 /** The model named by the server in a chunk: another client may have switched it. */
 export function noteServedModel(id) {
-  if (id && !state.switching && id !== state.loaded && state.models.some((m) => m.id === id)) {
+  if (id && !state.switching && !state.chosen && id !== state.loaded
+      && state.models.some((m) => m.id === id && !isUpstream(m))) {
     state.loaded = id;
     renderPill();
   }
