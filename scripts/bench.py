@@ -58,7 +58,8 @@ def photo_url(width=1024, height=768, shade: int = 0) -> str:
     """A synthetic photo-like JPEG (gradients and shapes), the size the server keeps;
     another `shade` gives other pixels (an image no cache has seen)."""
     img = Image.radial_gradient("L").resize((width, height)).convert("RGB")
-    img.paste((180, 90, 40 + shade), (width // 4, height // 4, width // 2, height // 2))
+    x, y = width // 4 + 8 * shade, height // 4   # moved, not recoloured: JPEG keeps it apart
+    img.paste((180, 90, 40), (x, y, x + width // 4, y + height // 4))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=92)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -112,23 +112,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LiveServer:
-    """`python server.py serve …` (gunicorn) as a real process on a real port."""
+class ServerProcess:
+    """A server as a real process on a loopback port, its output in `log_path`; ready once
+    `ready_path` answers 200."""
+    ready_path = "/health"
 
-    def __init__(self, tiny_model, *extra: str, log_path: Path, alias: str = "tiny",
-                 port: int | None = None):
-        """`tiny_model` None: no local model (a pure gateway; `extra` names upstreams)."""
-        self.port = port or free_port()
+    def _start(self, cmd: list[str], log_path: Path) -> None:
         self.url = f"http://127.0.0.1:{self.port}"
-        models_dir = log_path.parent / "models"  # empty unless a test puts models there
-        models_dir.mkdir(exist_ok=True)
-        local = []
-        if tiny_model is not None:
-            model, mmproj = tiny_model
-            local = ["--model", model, "--mmproj", mmproj, "--ctx-size", str(LIVE_CTX),
-                     "--alias", alias]
-        cmd = [sys.executable, str(ROOT / "server.py"), "serve", *local, "--port",
-               str(self.port), "--threads", "2", "--models-dir", str(models_dir), *extra]
         self.log_path = log_path
         self._log = open(log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -141,16 +131,43 @@ class LiveServer:
         while time.monotonic() < end:
             assert self.proc.poll() is None, self.log()
             try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                if requests.get(self.url + self.ready_path, timeout=1).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
             time.sleep(0.2)
-        raise AssertionError("server did not become ready:\n" + self.log())
+        raise AssertionError(f"{type(self).__name__} did not become ready:\n" + self.log())
 
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+class LiveServer(ServerProcess):
+    """`python server.py serve …` (gunicorn) as a real process on a real port."""
+
+    def __init__(self, tiny_model, *extra: str, log_path: Path, alias: str = "tiny",
+                 port: int | None = None):
+        """`tiny_model` None: no local model (a pure gateway; `extra` names upstreams)."""
+        self.port = port or free_port()
+        models_dir = log_path.parent / "models"  # empty unless a test puts models there
+        models_dir.mkdir(exist_ok=True)
+        local = []
+        if tiny_model is not None:
+            model, mmproj = tiny_model
+            local = ["--model", model, "--mmproj", mmproj, "--ctx-size", str(LIVE_CTX),
+                     "--alias", alias]
+        self._start([sys.executable, str(ROOT / "server.py"), "serve", *local, "--port",
+                     str(self.port), "--threads", "2", "--models-dir", str(models_dir),
+                     *extra], log_path)
 
     def worker_status(self, field: str) -> int:
         """A number from /proc/<pid>/status of gunicorn's worker process (where the model
@@ -160,14 +177,6 @@ class LiveServer:
         line = next(x for x in Path(f"/proc/{worker}/status").read_text().splitlines()
                     if x.startswith(field + ":"))
         return int(line.split()[1])
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
