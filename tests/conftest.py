@@ -24,6 +24,7 @@ from vlserve.app import create_app  # noqa: E402
 from vlserve.config import Settings  # noqa: E402
 
 N_CTX = 4096
+LIVE_PARALLEL = 2  # the live server's sequences (tests fill them before anything queues)
 LIVE_CTX = 16384  # the live server's context: room for generations that outlast a test's waits
 
 
@@ -181,7 +182,7 @@ class LiveServer(ServerProcess):
 
 @pytest.fixture(scope="module")
 def live_server(tiny_model, tmp_path_factory):
-    server = LiveServer(tiny_model, "--queue-size", "3",
+    server = LiveServer(tiny_model, "--queue-size", "3", "--parallel", str(LIVE_PARALLEL),
                         log_path=tmp_path_factory.mktemp("live") / "server.log")
     yield server
     server.stop()

@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from conftest import ROOT, data_url, user
+from conftest import LIVE_PARALLEL, ROOT, data_url, user
 
 LONG = 12000  # tokens (~several seconds on the tiny model): outlasts any test's waits
 
@@ -84,7 +84,7 @@ def test_openai_client_sees_bad_input_as_bad_request(oai):
     assert "offline" in info.value.message
 
 
-def test_concurrent_requests_are_served_one_at_a_time_correctly(oai):
+def test_concurrent_requests_are_each_answered_as_if_alone(oai):
     def ask(i):
         return oai.chat.completions.create(
             model="tiny", max_tokens=20, temperature=0,
@@ -97,13 +97,20 @@ def test_concurrent_requests_are_served_one_at_a_time_correctly(oai):
         t.start()
     for t in threads:
         t.join(60)
-    # each answer equals what the same request produced alone: no interleaving of KV state
+    # each equals what the same request produced alone: batched sequences do not mix
     assert results == [alone[0], alone[1], alone[0], alone[1]]
 
 
+def wait_sequences(server, n, timeout=5.0):
+    end = time.monotonic() + timeout
+    while health(server)["cache"]["sequences"]["busy"] < n:
+        assert time.monotonic() < end, f"{n} sequences never ran"
+        time.sleep(0.02)
+
+
 def test_full_queue_answers_503_with_retry_after(live_server):
-    streams = [open_stream(live_server)]          # running
-    wait_busy(live_server)
+    streams = [open_stream(live_server) for _ in range(LIVE_PARALLEL)]   # running
+    wait_sequences(live_server, LIVE_PARALLEL)
     streams += [open_stream(live_server) for _ in range(3)]  # --queue-size 3: waiting
     try:
         r = requests.post(live_server.url + "/v1/chat/completions", timeout=10,
@@ -141,17 +148,18 @@ def test_disconnect_mid_stream_frees_the_engine(live_server):
 def test_disconnect_while_queued_never_runs(live_server):
     wait_idle(live_server)
     before = health(live_server)["served"]
-    running = open_stream(live_server)
-    wait_busy(live_server)
+    running = [open_stream(live_server) for _ in range(LIVE_PARALLEL)]
+    wait_sequences(live_server, LIVE_PARALLEL)
     queued = open_stream(live_server, text="I will leave")
     queued.close()
     time.sleep(2.5)   # a keepalive interval or two: the server notices the client left
-    running.close()
+    for stream in running:
+        stream.close()
     assert wait_idle(live_server) < 5.0
     served = health(live_server)["served"]
-    # only the running one ended (cancelled, or finished on a fast machine); the queued one
+    # only the running ones ended (cancelled, or finished on a fast machine); the queued one
     # never reached the engine
-    assert finishes(served) == finishes(before) + 1
+    assert finishes(served) == finishes(before) + LIVE_PARALLEL
     time.sleep(0.2)
     lines = [line for line in live_server.log().splitlines() if "chat/completions" in line]
     assert any(" 499 " in line for line in lines)

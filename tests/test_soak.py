@@ -122,9 +122,10 @@ def test_soak(soak_server):
     assert health["status"] == "ok"
 
     threads2, rss2 = server.worker_status("Threads"), server.worker_status("VmRSS") * 1024
-    # The pool may still grow a little in round 2 (lazily, up to --http-threads 16); a leak
-    # would be one thread per request, hundreds.
-    assert threads2 <= min(threads1 + 2, threads_start + 16), (threads1, threads2)
+    # The pool may still grow in round 2 (lazily, up to --http-threads 16: with several
+    # sequences decoding at once, more requests are in flight together); a leak would be
+    # one thread per request, hundreds.
+    assert threads2 <= threads_start + 16, (threads_start, threads1, threads2)
     assert rss2 - rss1 < RSS_BOUND, (rss1 >> 20, rss2 >> 20)
     print(f"soak: {dict(Counter(statuses))}; threads {threads_start}->{threads1}->{threads2}; "
           f"RSS after round 1 {rss1 >> 20} MiB, after round 2 {rss2 >> 20} MiB")

@@ -82,8 +82,10 @@ def server(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def limited_server(tiny_model, tmp_path_factory):
-    """One request may wait (the next gets 503) and bodies over ~10 KB get 413."""
-    s = _server(tmp_path_factory, tiny_model, "--queue-size", "1", "--max-body-mb", "0.01")
+    """One sequence: one request runs, one may wait (the next gets 503); bodies over
+    ~10 KB get 413."""
+    s = _server(tmp_path_factory, tiny_model, "--parallel", "1", "--queue-size", "1",
+                "--max-body-mb", "0.01")
     yield s
     s.stop()
 

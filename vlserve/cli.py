@@ -46,6 +46,26 @@ class GpuLayers(click.ParamType):
         return n
 
 
+class ParallelType(click.ParamType):
+    """`auto`: 4 sequences when llama.cpp can offload to a GPU (batching is nearly free
+    there), 2 on a CPU (memory for the KV of each); or a number from 1 to 64."""
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            import llama_cpp
+            return 4 if llama_cpp.llama_supports_gpu_offload() else 2
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not 'auto' or a number of sequences", param, ctx)
+        if not 1 <= n <= 64:
+            self.fail("use 1 to 64 sequences", param, ctx)
+        return n
+
+
 @main.command()
 @option("--model", help="What to serve: a GGUF path, the id of a model in --models-dir, or a "
         "catalog name such as 8b or qwen3-vl-4b-thinking (downloaded if missing). Default: the "
@@ -80,6 +100,13 @@ class GpuLayers(click.ParamType):
 @option("--n-gpu-layers", type=GpuLayers(), default="auto",
         help="Layers to offload to the GPU: auto (as many as fit in free GPU memory, the "
              "decision is logged), -1 (all) or a number. CPU builds use 0.")
+@option("--parallel", type=ParallelType(), default="auto",
+        help="Requests decoded together, each in its own sequence with the whole --ctx-size "
+             "(KV memory grows with it): auto (4 with a GPU, 2 on a CPU) or a number. More "
+             "wait in the queue (--queue-size).")
+@option("--kv-unified", is_flag=True,
+        help="One KV buffer shared by all sequences instead of one each: prefixes are "
+             "copied between sequences for free, but attention scans every sequence's cells.")
 @option("--threads", type=click.IntRange(1), default=default_threads(),
         help="CPU threads for generation.")
 @option("--threads-batch", type=click.IntRange(1), default=None,

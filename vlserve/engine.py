@@ -12,6 +12,7 @@ llama.cpp's own server does; `generate()` must only run on the worker thread.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import secrets
@@ -32,11 +33,10 @@ from .config import DEFAULT_CTX, Settings
 from .errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
 from .images import PreparedImage
 from .library import PairingError, check_pair
-from .kvcache import ImageUnit, KVRecord, Unit, n_tokens, plan_reuse
+from .kvcache import ImageUnit, Unit, n_tokens
 from .protocol import ChatRequest, ImagePart, Message, SamplingParams, TextPart
 from .reasoning import template_opens_thinking
 from .template import ChatTemplate
-from .textstream import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,13 @@ def gpu_layers(s: Settings) -> tuple[int, int]:
 
 def _context_params(s: Settings, n_ctx_train: int) -> llama_cpp.llama_context_params:
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx_train if s.n_ctx == 0 else (s.n_ctx or DEFAULT_CTX)
+    # every sequence gets the whole --ctx-size: several people at once do not shrink it
+    n_ctx_seq = n_ctx_train if s.n_ctx == 0 else (s.n_ctx or DEFAULT_CTX)
+    params.n_ctx = n_ctx_seq * s.parallel
     params.n_batch = s.n_batch
     params.n_ubatch = min(s.n_batch, s.n_ubatch)
-    params.n_seq_max = 1
+    params.n_seq_max = s.parallel
+    params.kv_unified = s.kv_unified
     params.n_threads = s.threads
     params.n_threads_batch = s.threads_batch or s.threads
     params.flash_attn_type = FLASH_ATTN[s.flash_attn]
@@ -192,16 +195,18 @@ class LlamaEngine:
         wanted, n_layers = gpu_layers(settings)
         self.n_gpu_layers = gpu.load_with_fewer_layers(
             lambda n: self._open_model(settings, n), wanted, n_layers, log=log)
-        self.n_ctx = self._ctx.n_ctx()
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)   # per sequence
+        self.parallel = settings.parallel
         self._n_embd_inp = llama_cpp.llama_model_n_embd_inp(self._model.model)
-        self._kv = KVRecord()
         self._image_costs: cachetools.LRUCache[str, int] = cachetools.LRUCache(4096)
         self._cost_lock = threading.Lock()  # prepare() and counting run on HTTP threads
         self._embeddings = cachetools.LRUCache(
             maxsize=max(1, settings.image_cache_mb * 1024 * 1024), getsizeof=lambda a: a.nbytes)
         self._vocab = self._model.vocab
-        self._batch = internals.LlamaBatch(n_tokens=settings.n_batch, embd=0, n_seq_max=1,
-                                           verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=settings.n_batch, embd=0,
+                                           n_seq_max=settings.parallel, verbose=False)
+        from .batch import Batcher   # (batch.py imports this module's events)
+        self.batcher = Batcher(self, settings.parallel, unified=settings.kv_unified)
         # A random marker: a client's text can never smuggle in an image placeholder.
         self._marker = f"<__media_{secrets.token_hex(8)}__>"
         self._mtmd = self._init_mtmd(settings)
@@ -375,124 +380,52 @@ class LlamaEngine:
 
     # -- evaluation and sampling (worker thread only) --
 
+    def runner(self):
+        """What the worker drives: the batcher of this engine's sequences."""
+        return self.batcher
+
     def generate(self, prompt: Prompt, params: SamplingParams,
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
+        """One request on its own (warm-up, tests): the batcher with nothing else in it.
+        A consumer that stops early cancels it."""
+        from .batch import Sequence
+        events: collections.deque = collections.deque()
+        halted = [False]
+        self.batcher.admit(Sequence(prompt, params, lambda: halted[0] or cancelled(),
+                                    events.append))
+        done = False
         try:
-            yield from self._generate(prompt, params, cancelled)
-        except Exception:
-            # A failed decode leaves the KV in doubt. (A consumer that stops early closes
-            # us with GeneratorExit: the record is still exact, since units join it only
-            # after their decode succeeded.)
-            self._forget_kv()
-            raise
-
-    def _generate(self, prompt: Prompt, params: SamplingParams, cancelled):
-        t0 = time.monotonic()
-        stats = {"images_encoded": 0, "images_from_cache": 0, "image_encode_ms": 0.0}
-        skip = self._reuse_prefix(prompt)
-        cached = n_tokens(self._kv.units)
-        evaluated = n_tokens(prompt.units[skip:])
-        if not self._evaluate(prompt, skip, cancelled, stats):
-            yield Finished("cancelled", cached + evaluated, 0)
-            return
-        t1 = time.monotonic()
-        budget = min(prompt.max_new_tokens, self.n_ctx - self._kv_tokens())
-        sampler = self._sampler(params)
-        stream = TextStream(params.stop)
-        n_out, reason = 0, "length"
-        try:
-            while n_out < budget:
-                if cancelled():
-                    reason = "cancelled"
-                    break
-                token = sampler.sample(self._ctx, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    reason = "stop"
-                    break
-                n_out += 1
-                piece = self._piece(token)
-                text, hit = stream.feed(piece)
-                if text:
-                    yield Delta(text)
-                if hit:
-                    reason = "stop"
-                    break
-                if n_out < budget:
-                    # Decoded tokens join the KV record with their bytes, so the next turn,
-                    # which repeats this answer as text, can match them.
-                    self._decode([token], self._kv.end)
-                    self._kv.append(token, 1, piece)
+            while not done:
+                if not events:
+                    self.batcher.step()
+                while events:
+                    event = events.popleft()
+                    if isinstance(event, Exception):
+                        done = True
+                        raise event
+                    done = isinstance(event, Finished)
+                    yield event
+                    if done:
+                        return
         finally:
-            sampler.close()
-        if reason != "stop" and (tail := stream.flush()):
-            yield Delta(tail)
-        t2 = time.monotonic()
-        yield Finished(reason, cached + evaluated, n_out, {
-            "prompt_ms": round((t1 - t0) * 1000, 2),
-            "prompt_tokens_evaluated": evaluated,
-            "cached_tokens": cached,
-            "image_encode_ms": round(stats["image_encode_ms"], 2),
-            "images_encoded": stats["images_encoded"],
-            "images_from_cache": stats["images_from_cache"],
-            "predicted_ms": round((t2 - t1) * 1000, 2),
-            "decode_tokens_per_s": round(n_out / (t2 - t1), 2) if t2 > t1 and n_out else 0.0,
-        }, cached_tokens=cached)
-
-    # -- the KV prefix cache --
-
-    def _reuse_prefix(self, prompt: Prompt) -> int:
-        """Trim the KV after what this prompt shares with it; returns the first unit to
-        evaluate. Models whose memory cannot be cut (recurrent) start over, correctly."""
-        keep, skip = plan_reuse(self._kv.units, self._kv_piece, prompt.units,
-                                lambda i: self._piece(prompt.units[i], special=True))
-        p0 = self._kv.truncate(keep)
-        if not llama_cpp.llama_memory_seq_rm(self._memory(), 0, p0, -1):
-            self._forget_kv()
-            return 0
-        return skip
-
-    def _kv_piece(self, i: int) -> bytes:
-        piece = self._kv.pieces.get(i)
-        return piece if piece is not None else self._piece(self._kv.units[i], special=True)
+            if not done:
+                halted[0] = True
+                while self.batcher.active:
+                    self.batcher.step()
 
     def cache_stats(self) -> dict:
         """For /health (read from HTTP threads; each number is read in one step)."""
-        return {"kv_tokens": self._kv_tokens(), "n_ctx": self.n_ctx,
+        return {"kv_tokens": self.batcher.kv_tokens(), "n_ctx": self.n_ctx,
+                "sequences": {"parallel": self.parallel, "busy": self.batcher.active},
                 "image_embeddings": len(self._embeddings),
                 "image_embedding_bytes": int(self._embeddings.currsize),
                 "image_embedding_capacity": int(self._embeddings.maxsize)}
 
-    def _kv_tokens(self) -> int:
-        return n_tokens(self._kv.units)
-
-    def _memory(self):
-        return llama_cpp.llama_get_memory(self._ctx.ctx)
-
     def _forget_kv(self) -> None:
-        llama_cpp.llama_memory_clear(self._memory(), True)
-        self._kv.clear()
+        self.batcher.forget_all()
 
-    def _evaluate(self, prompt: Prompt, start: int, cancelled, stats: dict) -> bool:
-        """Prefill units[start:], recording each in the KV record; False if cancelled."""
-        units, i = prompt.units, start
-        while i < len(units):
-            if cancelled():
-                return False
-            if isinstance(units[i], ImageUnit):
-                self._eval_image(prompt.images[i], units[i], stats)
-                i += 1
-                continue
-            j = i
-            while j < len(units) and j - i < self.settings.n_batch \
-                    and not isinstance(units[j], ImageUnit):
-                j += 1
-            self._decode(units[i:j], self._kv.end, logits=j == len(units))
-            for token in units[i:j]:
-                self._kv.append(token, 1)
-            i = j
-        return True
-
-    def _eval_image(self, chunk, unit: ImageUnit, stats: dict) -> None:
+    def _eval_image(self, chunk, unit: ImageUnit, seq_id: int, n_past: int,
+                    stats: dict) -> None:
         embd = self._embeddings.get(unit.key)
         if embd is None:
             t = time.monotonic()
@@ -501,8 +434,7 @@ class LlamaEngine:
             stats["images_encoded"] += 1
         else:
             stats["images_from_cache"] += 1
-        self._decode_image(chunk, embd)
-        self._kv.append(unit, unit.n_pos)
+        self._decode_image(chunk, embd, n_past, seq_id)
 
     def _encode_image(self, chunk, unit: ImageUnit) -> np.ndarray:
         """Run the vision tower and keep a copy of its output in the embedding LRU."""
@@ -515,19 +447,23 @@ class LlamaEngine:
             self._embeddings[unit.key] = embd
         return embd
 
-    def _decode_image(self, chunk, embd: np.ndarray) -> None:
+    def _decode_image(self, chunk, embd: np.ndarray, n_past: int, seq_id: int) -> None:
         """Feed image embeddings to the LLM (M-RoPE positions are set by mtmd's helper)."""
         new_n_past = llama_cpp.llama_pos(0)
         rc = mtmd_cpp.mtmd_helper_decode_image_chunk(
             self._mtmd, self._ctx.ctx, chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-            self._kv.end, 0, self.settings.n_batch, ctypes.byref(new_n_past),
+            n_past, seq_id, self.settings.n_batch, ctypes.byref(new_n_past),
             mtmd_cpp.mtmd_helper_post_decode_callback(), None)
         if rc != 0:
             raise InternalError(f"image evaluation failed (code {rc})")
 
-    def _decode(self, tokens: list[int], n_past: int, logits: bool = True) -> None:
-        self._batch.set_batch(tokens, n_past, logits_all=False)
-        self._batch.batch.logits[len(tokens) - 1] = logits
+    def _decode_items(self, items: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, wants logits) items."""
+        batch = self._batch.batch
+        batch.n_tokens = len(items)
+        for i, (token, pos, seq, logits) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.logits[i] = token, pos, logits
+            batch.seq_id[i][0], batch.n_seq_id[i] = seq, 1
         try:
             self._ctx.decode(self._batch)
         except RuntimeError as exc:

@@ -14,6 +14,7 @@ is; a load that fails puts the previous model back, so the server never ends up 
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import gc
@@ -26,6 +27,7 @@ from typing import Callable
 
 from PIL import Image
 
+from .batch import Sequence, SerialRunner
 from .engine import Delta, Engine, Finished, Prompt
 from .errors import (APIError, InternalError, ModelLoadError, ServiceUnavailableError,
                      TimeoutError_)
@@ -111,6 +113,8 @@ class Worker:
         self.request_timeout = request_timeout
         self.events = EventHub()
         self.engine: Engine | None = None
+        self._runner = None             # the engine's sequences (batch.Batcher / SerialRunner)
+        self._running = 0               # this worker's requests in the runner
         self.model = model              # id of the loaded model (or the one to load)
         self.state = "loading"          # loading | warming | ready | unloaded | failed | stopped
                                         # | none (no local model: a pure gateway)
@@ -143,6 +147,11 @@ class Worker:
     @property
     def depth(self) -> int:
         return self._waiting
+
+    @property
+    def runner(self):
+        """The loaded engine's sequences (None while nothing is loaded)."""
+        return self._runner
 
     def wait_ready(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -217,21 +226,92 @@ class Worker:
             log.error("engine start failed: %s", exc)
             self._set_state("failed", str(exc))
             return
-        while True:
-            item = self._next_item()
-            if item is None or self.state == "stopped":
+        held: collections.deque[Job | Switch] = collections.deque()  # taken, not yet acted on
+        while self.state != "stopped":
+            if not held and not self._running:
+                item = self._next_item()          # idle: wait (and unload after keep-alive)
+                if item is None:
+                    break
+                held.append(item)
+            if not self._take_queued(held):
                 break
+            self._act(held)
+            if self._running:
+                self._runner.step()
+            self.busy = self._running > 0
+        if self._runner is not None and self._running:
+            self._runner.close()
+
+    def _take_queued(self, held) -> bool:
+        """Move whatever is queued into `held` without waiting; False on the stop signal."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            held.append(item)
+
+    def _act(self, held) -> None:
+        """Admit held jobs into free sequences, in order. A switch, or a job for another
+        model, waits until the running requests are done (they finish on the old model)."""
+        while held:
+            item = held[0]
+            running = self._running > 0
             if isinstance(item, Switch):
+                if running:
+                    return
+                held.popleft()
                 self._switch(item)
                 continue
+            wanted = item.model or self.model
+            if (wanted != self.model or self.engine is None) and running:
+                return
+            if running and not self._runner.free:
+                return
+            held.popleft()
             with self._lock:
                 self._waiting -= 1
-            self.busy = True
-            try:
-                self._serve(item)
-            finally:
-                self.busy = False
-                item.close()
+            self._admit(item)
+
+    def _admit(self, job: Job) -> None:
+        if job.cancelled:
+            job.close()
+            return
+        if job.expired:
+            job.put(TimeoutError_("the request waited too long in the queue"))
+            job.close()
+            return
+        try:
+            if not self._ensure_model(job):
+                job.close()
+                return
+        except APIError as exc:
+            job.put(exc)
+            job.close()
+            return
+        except Exception as exc:
+            log.exception("preparing a request failed")
+            job.put(InternalError(f"generation failed: {type(exc).__name__}"))
+            job.close()
+            return
+        self._runner.admit(Sequence(job.prompt, job.params,
+                                    lambda: job.cancelled or job.expired,
+                                    lambda event: self._deliver(job, event)))
+        self._running += 1
+
+    def _deliver(self, job: Job, event) -> None:
+        """An event of a running job, counted; the job's prompt is freed once it ends."""
+        if isinstance(event, Finished):
+            event = self._count(job, event)
+        elif isinstance(event, Exception) and not isinstance(event, APIError):
+            log.error("generation failed: %r", event)
+            event = InternalError(f"generation failed: {type(event).__name__}")
+        job.put(event)
+        if not isinstance(event, Delta):
+            job.close()
+            self._running -= 1
 
     def _next_item(self) -> Job | Switch | None:
         """The next queued item; unloads the model first if it stays idle past keep-alive."""
@@ -252,6 +332,7 @@ class Worker:
         t0 = time.monotonic()
         try:
             self.engine = self._load(model, self._progress)
+            self._runner = runner_for(self.engine)
             if self._warmup:
                 self._set_state("warming", "warming up")
                 t1 = time.monotonic()
@@ -280,6 +361,9 @@ class Worker:
         """Free the engine and give its memory back to the OS; with a reason, the server
         stays in the "unloaded" state (the next job loads the model again)."""
         engine, self.engine = self.engine, None
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
         if engine is not None:
             engine.close()
             del engine
@@ -334,26 +418,6 @@ class Worker:
             job.prompt, job.engine = job.prepare(self.engine), self.engine
         return True
 
-    def _serve(self, job: Job) -> None:
-        if job.cancelled:
-            return
-        if job.expired:
-            job.put(TimeoutError_("the request waited too long in the queue"))
-            return
-        stop = lambda: job.cancelled or job.expired  # noqa: E731
-        try:
-            if not self._ensure_model(job):
-                return
-            for event in self.engine.generate(job.prompt, job.params, stop):
-                if isinstance(event, Finished):
-                    event = self._count(job, event)
-                job.put(event)
-        except APIError as exc:
-            job.put(exc)
-        except Exception as exc:
-            log.exception("generation failed")
-            job.put(InternalError(f"generation failed: {type(exc).__name__}"))
-
     def _count(self, job: Job, event: Finished) -> Finished | TimeoutError_:
         """Tally a finished job; one stopped by its deadline, not its client, is a timeout."""
         timed_out = event.finish_reason == "cancelled" and job.expired and not job.cancelled
@@ -362,6 +426,11 @@ class Worker:
         if timed_out:
             return TimeoutError_(f"the request exceeded the {self.request_timeout:g}s timeout")
         return event
+
+
+def runner_for(engine: Engine):
+    """The engine's batcher, or one request at a time for engines without one (fakes)."""
+    return engine.runner() if hasattr(engine, "runner") else SerialRunner(engine)
 
 
 def _trim_heap() -> None:
