@@ -111,13 +111,16 @@ class Batcher:
 
     def admit(self, req: Sequence) -> None:
         """Give the request the free slot that shares the most with its prompt (copying a
-        longer shared prefix from another slot when there is one)."""
+        longer shared prefix from another slot when there is one). There must be one free."""
         with self._lock:
             units = req.prompt.units
             piece = lambda i: self.engine._piece(units[i], special=True)  # noqa: E731
             plans = {s: self._plan(s, units, piece) for s in self.slots}
             free = [s for s in self.slots if s.req is None]
-            slot = max(free, key=lambda s: (plans[s][1], -s.last_used))
+            # the free slot where this prompt saves the most, net of the cached tokens it
+            # would throw away (another conversation's cache is worth keeping); then LRU
+            slot = max(free, key=lambda s: (plans[s][1] - (len(s.kv.units) - plans[s][0]),
+                                            -s.last_used))
             donor = max((s for s in self.slots if s is not slot), key=lambda s: plans[s][1],
                         default=None)
             if donor is not None and plans[donor][1] >= plans[slot][1] + COPY_MIN:
