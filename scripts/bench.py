@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -100,10 +101,12 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def start_server(args, port: int) -> subprocess.Popen:
+def start_server(args, port: int, parallel: int = 1) -> subprocess.Popen:
+    """vlserve; one sequence unless asked (the single-user scenarios compare one slot)."""
     cmd = [sys.executable, str(ROOT / "server.py"), "serve", "--model", args.model,
            "--mmproj", args.mmproj, "--port", str(port), "--threads", str(args.threads),
-           "--ctx-size", str(args.ctx), "--log-level", "warning"]
+           "--ctx-size", str(args.ctx), "--log-level", "warning", "--parallel", str(parallel),
+           "--queue-size", "16", "--kv-unified" if args.kv_unified else "--no-kv-unified"]
     if not args.repack:
         cmd.append("--no-repack")
     return launch("vlserve", cmd, f"http://127.0.0.1:{port}/health")
@@ -238,11 +241,13 @@ def turns_scenario(base_url: str, max_tokens: int = 32) -> list[dict]:
     return results
 
 
-def start_llama_server(args, port: int) -> subprocess.Popen:
-    """llama.cpp's own server: one slot (like vlserve), same threads and context."""
+def start_llama_server(args, port: int, parallel: int = 1) -> subprocess.Popen:
+    """llama.cpp's own server: `parallel` slots each with the whole context (like vlserve's
+    sequences), same threads."""
     cmd = [args.llama_server, "--model", args.model, "--mmproj", args.mmproj,
            "--host", "127.0.0.1", "--port", str(port), "--threads", str(args.threads),
-           "--threads-batch", str(args.threads), "--ctx-size", str(args.ctx), "--parallel", "1"]
+           "--threads-batch", str(args.threads), "--ctx-size", str(args.ctx * parallel),
+           "--parallel", str(parallel), "-kvu" if args.kv_unified else "-no-kvu"]
     if not args.repack:
         cmd.append("--no-repack")
     cmd += shlex.split(args.llama_server_args)
@@ -296,6 +301,129 @@ def bench_gateway(args) -> dict:
           f"{args.runs}): decode {out['gateway_vs_direct']['decode']}x, first token "
           f"+{out['gateway_vs_direct']['ttft_added_ms']} ms, with a 1024x768 photo "
           f"+{out['gateway_vs_direct']['image_ttft_added_ms']} ms")
+    return out
+
+
+def concurrent_streams(url: str, n: int, max_tokens: int) -> dict:
+    """n streams at once, each its own cold prompt: tokens of all / wall time of all."""
+    results: list = [None] * n
+
+    def one(i):
+        results[i] = stream_chat(url, [user_message(f"Customer {i} at {time.time()}: {PROMPT}")],
+                                 max_tokens)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    tokens = sum((r["usage"] or {}).get("completion_tokens") or len(r["text"]) for r in results)
+    return {"streams": n, "tokens": tokens, "wall_s": round(wall, 2),
+            "aggregate_tok_s": round(tokens / wall, 2),
+            "ttft_s": [round(r["ttft_s"], 2) for r in results]}
+
+
+def ttft_under_load(url: str, runs: int) -> dict:
+    """A short request's time to first token idle, then while 3 long answers stream."""
+    short = lambda i: [user_message(f"Quick question {i} at {time.time()}: is it open?")]  # noqa: E731
+    idle = statistics.median(stream_chat(url, short(i), 4)["ttft_s"] for i in range(runs))
+    stop, started = threading.Event(), threading.Barrier(4)
+
+    def long_answer(i):
+        body = {"messages": [user_message(f"Long {i} {time.time()}: {PROMPT}")],
+                "max_tokens": 1000, "temperature": 0, "stream": True}
+        with requests.post(f"{url}/v1/chat/completions", json=body, stream=True,
+                           timeout=3600) as r:
+            waited = False
+            for line in r.iter_lines():
+                # the first token, not vlserve's opening {"role", "content": ""} chunk
+                if line.startswith(b"data: {") and not waited and any(
+                        (c.get("delta") or {}).get("content")
+                        for c in json.loads(line[6:]).get("choices") or []):
+                    waited = True
+                    started.wait(600)
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=long_answer, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    started.wait(600)                 # all three are generating
+    loaded = statistics.median(stream_chat(url, short(100 + i), 4)["ttft_s"]
+                               for i in range(runs))
+    stop.set()
+    for t in threads:
+        t.join()
+    return {"idle_ttft_s": round(idle, 3), "loaded_ttft_s": round(loaded, 3),
+            "ratio": round(loaded / idle, 2)}
+
+
+def single_stream_pair(args) -> dict:
+    """The lone user: vlserve --parallel 4 and --parallel 1 both up, requests alternating
+    between them (so the machine's drift hits both alike); medians of --runs each."""
+    ports = {4: free_port(), 1: free_port()}
+    procs = {n: start_server(args, port, n) for n, port in ports.items()}
+    rates: dict[int, list[float]] = {4: [], 1: []}
+    try:
+        for i in range(args.runs):
+            for n, port in ports.items():
+                rates[n].append(stream_chat(f"http://127.0.0.1:{port}", [user_message(
+                    cold_prompt(2000 + 10 * i + n))], args.tokens)["decode_tok_s"])
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    p4, p1 = statistics.median(rates[4]), statistics.median(rates[1])
+    return {"p4_decode_tok_s": round(p4, 2), "p1_decode_tok_s": round(p1, 2),
+            "ratio": round(p4 / p1, 3)}
+
+
+def bench_parallel(args) -> dict:
+    """Several people at once: vlserve --parallel 4 against --parallel 1 and llama.cpp's
+    llama-server -np 4, one server up at a time, same model, threads and per-slot context."""
+    tokens, out = 128, {}
+    peers = [("vlserve -p4", lambda p: start_server(args, p, 4)),
+             ("vlserve -p1", lambda p: start_server(args, p, 1))]
+    why = peer_missing("llama-server", args)
+    if why:
+        print(f"skipping llama-server: {why}", file=sys.stderr)
+    else:
+        peers += [("llama-server -np4", lambda p: start_llama_server(args, p, 4)),
+                  ("llama-server -np1", lambda p: start_llama_server(args, p, 1))]
+    for name, start in peers:
+        port = free_port()
+        print(f"{name}: starting", file=sys.stderr)
+        proc = start(port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            stream_chat(url, [user_message("warm up")], 4)
+            result = {"concurrent": concurrent_streams(url, 4, tokens)}
+            result["single_decode_tok_s"] = round(statistics.median(
+                stream_chat(url, [user_message(cold_prompt(1000 + i))], args.tokens)
+                ["decode_tok_s"] for i in range(args.runs)), 2)
+            result["kv_unified"] = args.kv_unified
+            if not name.endswith("1"):
+                result["ttft"] = ttft_under_load(url, args.runs)
+        finally:
+            stop(proc)
+        out[name] = result
+        print(f"  {name}: {json.dumps(result)}", file=sys.stderr)
+    out["single_stream"] = single_stream_pair(args)
+    p4, p1 = out["vlserve -p4"], out["vlserve -p1"]
+    out["targets"] = {
+        "aggregate_p4_over_p1": round(p4["concurrent"]["aggregate_tok_s"]
+                                      / p1["concurrent"]["aggregate_tok_s"], 2),
+        "single_stream_p4_over_p1": out["single_stream"]["ratio"],
+        "ttft_loaded_over_idle": p4["ttft"]["ratio"]}
+    if "llama-server -np4" in out:
+        ls4, ls1 = out["llama-server -np4"], out["llama-server -np1"]
+        out["targets"]["aggregate_over_llama_server"] = round(
+            p4["concurrent"]["aggregate_tok_s"] / ls4["concurrent"]["aggregate_tok_s"], 2)
+        # what this machine allows: llama.cpp's own gain from 4 slots
+        out["targets"]["llama_server_np4_over_np1"] = round(
+            ls4["concurrent"]["aggregate_tok_s"] / ls1["concurrent"]["aggregate_tok_s"], 2)
+    print("\nSeveral at once (4 streams x 128 tokens):", json.dumps(out["targets"]))
     return out
 
 
@@ -397,7 +525,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="quant of the generated bench preset (when --model is not given)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=4096)
-    ap.add_argument("--scenario", default="all", choices=["decode", "turns", "gateway", "all"])
+    ap.add_argument("--scenario", default="all",
+                    choices=["decode", "turns", "gateway", "parallel", "all"])
     ap.add_argument("--tokens", type=int, default=64, help="decode: tokens to generate per run")
     ap.add_argument("--runs", type=int, default=3, help="decode: runs (median reported)")
     ap.add_argument("--turn-tokens", type=int, default=32, help="turns: max_tokens per turn")
@@ -406,6 +535,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--llama-server", help="turns: path to llama.cpp's llama-server binary")
     ap.add_argument("--llama-server-args", default="",
                     help="turns: extra llama-server arguments, e.g. '--flash-attn off'")
+    ap.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=True,
+                    help="parallel: one KV buffer for all sequences (vlserve and llama-server)")
     ap.add_argument("--repack", action="store_true",
                     help="allow CPU weight repacking (crashes quantized models on some virtual CPUs);\n"
                          "applies to vlserve and llama-server; llama-cpp-python always repacks")
@@ -439,6 +570,8 @@ def main(argv=None) -> None:
             print_turns(result["turns"])
         if args.scenario in ("gateway", "all"):
             result["gateway"] = bench_gateway(args)
+        if args.scenario in ("parallel", "all"):
+            result["parallel"] = bench_parallel(args)
         print("\n" + json.dumps(result, indent=2))
     finally:
         if tmp:

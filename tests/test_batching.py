@@ -104,6 +104,14 @@ REQUESTS = [request_of("Tell me about hammers."),
             request_of("Describe it.", image=data_url(64, 96, color=(10, 200, 30)))]
 
 
+def test_each_sequence_has_the_whole_ctx_size_and_no_more(engine):
+    # a unified buffer holds 4 x 4096 cells: no one sequence may take more than its 4096,
+    # so four full conversations always fit together
+    assert engine.n_ctx == 4096
+    assert engine._ctx.n_ctx() == 4 * 4096
+    assert engine.cache_stats()["sequences"] == {"parallel": PARALLEL, "busy": 0}
+
+
 def test_each_of_four_together_answers_as_alone(engine):
     expected = [alone(engine, r) for r in REQUESTS]
     engine._forget_kv()

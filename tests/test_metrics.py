@@ -81,6 +81,27 @@ def test_chat_requests_move_the_counters(build):
     assert value(m, "vlserve_cancelled_requests_total") == 0
 
 
+def test_batching_steps_and_sequences_are_counted(build):
+    client = build(metrics=True).test_client()
+    before = scrape(client)
+    r = client.post(CHAT, json={"messages": [user("count my steps")], "max_tokens": 6,
+                                "temperature": 0})
+    assert r.status_code == 200
+    after = scrape(client)
+
+    def moved(name):
+        return value(after, name) - value(before, name)
+
+    prompt = r.get_json()["timings"]["prompt_tokens_evaluated"]
+    # one step for the prompt, then one per generated token but the last (never decoded)
+    assert moved("vlserve_decode_steps_total") == 1 + 5
+    assert moved("vlserve_decode_step_tokens_total") == prompt + 5
+    assert moved("vlserve_decode_step_sequences_total") == 6
+    assert value(after, "vlserve_parallel_sequences") == 1    # the session engine's
+    assert value(after, "vlserve_busy_sequences") == 0
+    assert value(after, "vlserve_aggregate_tokens_per_second") >= 6 / 10
+
+
 def _stream_usage(body: str) -> dict:
     events = [json.loads(b[6:]) for b in body.split("\n\n")
               if b.startswith("data: {")]

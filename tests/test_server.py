@@ -108,6 +108,19 @@ def wait_sequences(server, n, timeout=5.0):
         time.sleep(0.02)
 
 
+def test_a_short_request_does_not_wait_behind_a_long_answer(live_server):
+    wait_idle(live_server)
+    long = open_stream(live_server)                       # LONG tokens: many seconds
+    wait_sequences(live_server, 1)
+    short = requests.post(live_server.url + "/v1/chat/completions", timeout=30,
+                          json={"messages": [user("quick one")], "max_tokens": 3})
+    assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 3
+    # answered beside it: the long answer is still being generated
+    assert health(live_server)["cache"]["sequences"]["busy"] == 1
+    long.close()
+    wait_idle(live_server)
+
+
 def test_full_queue_answers_503_with_retry_after(live_server):
     streams = [open_stream(live_server) for _ in range(LIVE_PARALLEL)]   # running
     wait_sequences(live_server, LIVE_PARALLEL)

@@ -104,9 +104,10 @@ class ParallelType(click.ParamType):
         help="Requests decoded together, each in its own sequence with the whole --ctx-size "
              "(KV memory grows with it): auto (4 with a GPU, 2 on a CPU) or a number. More "
              "wait in the queue (--queue-size).")
-@option("--kv-unified", is_flag=True,
-        help="One KV buffer shared by all sequences instead of one each: prefixes are "
-             "copied between sequences for free, but attention scans every sequence's cells.")
+@option("--kv-unified/--no-kv-unified", default=True,
+        help="One KV buffer shared by the sequences (prefixes copied between them for free; "
+             "a lone request decodes as fast as with --parallel 1) or one stream each "
+             "(docs/benchmarks.md has both measured).")
 @option("--threads", type=click.IntRange(1), default=default_threads(),
         help="CPU threads for generation.")
 @option("--threads-batch", type=click.IntRange(1), default=None,

@@ -38,7 +38,7 @@ class Settings:
     threads: int = field(default_factory=default_threads)
     threads_batch: int | None = None  # None = same as threads
     parallel: int = 1                 # sequences decoded together (the CLI picks per device)
-    kv_unified: bool = False          # one KV buffer shared by the sequences (else one each)
+    kv_unified: bool = True           # one KV buffer shared by the sequences (else one each)
     n_batch: int = 2048
     n_ubatch: int = 512
     flash_attn: str = "auto"          # auto | on | off

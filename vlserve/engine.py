@@ -135,6 +135,7 @@ def gpu_layers(s: Settings) -> tuple[int, int]:
         log.warning("GPU build but no GPU memory could be measured: offloading every layer")
         return -1, layout.n_layers
     n_ctx = layout.context_length if s.n_ctx == 0 else (s.n_ctx or DEFAULT_CTX)
+    n_ctx *= s.parallel   # the KV of every sequence: each has the whole context
     plan = gpu.plan_gpu_layers(layout, n_ctx=n_ctx, free_bytes=memory.free,
                                mmproj_bytes=Path(s.mmproj).stat().st_size,
                                flash_attn=s.flash_attn != "off", n_ubatch=s.n_ubatch)
@@ -195,7 +196,8 @@ class LlamaEngine:
         wanted, n_layers = gpu_layers(settings)
         self.n_gpu_layers = gpu.load_with_fewer_layers(
             lambda n: self._open_model(settings, n), wanted, n_layers, log=log)
-        self.n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx.ctx)   # per sequence
+        # per sequence: its share of the cells (a unified KV would let one take them all)
+        self.n_ctx = self._ctx.n_ctx() // settings.parallel
         self.parallel = settings.parallel
         self._n_embd_inp = llama_cpp.llama_model_n_embd_inp(self._model.model)
         self._image_costs: cachetools.LRUCache[str, int] = cachetools.LRUCache(4096)

@@ -375,7 +375,9 @@ def _schemas() -> dict:
                        "description": "Why it is not ready (when not `ok`)."},
             "warmup_seconds": {"type": ["number", "null"]},
             "cache": {"type": "object",
-                      "description": "KV tokens held, image embeddings and their bytes."},
+                      "description": "KV tokens held (all sequences), `n_ctx` (per "
+                                     "sequence), `sequences` (`parallel`, `busy`), image "
+                                     "embeddings and their bytes."},
         },
         "description": "When `ok`, also the engine's facts (`architecture`, `n_ctx`, "
                        "`gpu_offload`, `n_gpu_layers`, ...)."}
