@@ -19,9 +19,11 @@ conversation is — and when another slot (busy or not) shares a longer prefix, 
 system prompt or the same photo, that prefix is copied over with `llama_memory_seq_cp`
 instead of being evaluated again.
 
-Memory: each sequence has a whole context of its own (`n_ctx_seq`, the --ctx-size), in its
-own KV stream unless `kv_unified` (then one buffer shared by all: copies are free, attention
-looks at every sequence's cells). Only the worker thread calls into a Batcher.
+Memory: each sequence may use a whole --ctx-size (the engine's `n_ctx`); the context holds
+N of them. By default in one unified buffer (copies between sequences only touch cell
+metadata, and a lone request decodes as fast as with one sequence); with
+`kv_unified=False` each sequence has its own stream (a copy then copies a whole stream).
+One worker thread drives a Batcher.
 """
 
 from __future__ import annotations
