@@ -1,13 +1,15 @@
 """The single thread that owns the engine — and so the only place a model is loaded, switched
 or unloaded.
 
-HTTP threads `submit()` a job and read events from the job's own queue; the worker runs one
-item at a time, in order: jobs, and requests to load another model. A full queue is refused
-at once (503), never piled up; a job whose client left or whose deadline passed is skipped
-or stopped within a token. Exceptions travel back through the job's queue, so the HTTP
-thread decides the status.
+HTTP threads `submit()` a job and read events from the job's own queue. The worker takes
+queued items in order — jobs, and requests to load another model — admits jobs into the
+engine's free sequences and steps them together (batch.py: continuous batching; engines
+without a batcher run one job at a time). A full queue is refused at once (503), never piled
+up; a job whose client left or whose deadline passed is skipped or stopped within a token.
+Exceptions travel back through the job's queue, so the HTTP thread decides the status.
 
-Switching happens here too, between jobs: jobs queued behind a switch wait for it; a job
+Switching happens here too, once the running jobs are done: jobs queued behind a switch
+wait for it, and so does a job for another model; a job
 prepared (tokenized) for a model that is no longer loaded is prepared again for the one that
 is; a load that fails puts the previous model back, so the server never ends up without one.
 """
@@ -287,6 +289,9 @@ class Worker:
             if not self._ensure_model(job):
                 job.close()
                 return
+            self._runner.admit(Sequence(job.prompt, job.params,
+                                        lambda: job.cancelled or job.expired,
+                                        lambda event: self._deliver(job, event)))
         except APIError as exc:
             job.put(exc)
             job.close()
@@ -296,9 +301,6 @@ class Worker:
             job.put(InternalError(f"generation failed: {type(exc).__name__}"))
             job.close()
             return
-        self._runner.admit(Sequence(job.prompt, job.params,
-                                    lambda: job.cancelled or job.expired,
-                                    lambda event: self._deliver(job, event)))
         self._running += 1
 
     def _deliver(self, job: Job, event) -> None:
