@@ -6,6 +6,8 @@ behind after many requests. (Through HTTP: test_server.py and the bench.)"""
 
 from __future__ import annotations
 
+import time
+
 import llama_cpp
 import pytest
 
@@ -238,3 +240,28 @@ def test_no_kv_left_behind_after_200_mixed_requests(engine):
     again = Run(engine, REQUESTS[0])
     run_together(engine, again)
     assert again.text == alone(engine, REQUESTS[0]).text
+
+
+def test_requests_arriving_together_start_together(settings):
+    """While a request is still on its way in (tokenizing on its HTTP thread), an idle engine
+    holds the first one's prefill back a moment, so both prompts share the first step."""
+    from vlserve.worker import ARRIVAL_WAIT, Worker
+    eng = LlamaEngine(settings.replace(parallel=2))
+    worker = Worker(lambda *_: eng, queue_size=4, request_timeout=30, warmup=False).start()
+    assert worker.wait_ready(30)
+    batches: list[set[int]] = []
+    decode = eng._decode_items
+    eng._decode_items = lambda items: (batches.append({i[2] for i in items}), decode(items))
+    a, b = request_of("First in."), request_of("Right behind.")
+    try:
+        with worker.arriving():                      # b is on its way
+            job_a = worker.submit(eng.prepare(a, []), a.params)
+            time.sleep(ARRIVAL_WAIT / 5)             # a is queued, admitted, and waits
+            job_b = worker.submit(eng.prepare(b, []), b.params)
+        for job in (job_a, job_b):
+            while not isinstance(job.next_event(10), Finished):
+                pass
+        assert batches[0] == {0, 1}                  # one step for both prompts
+    finally:
+        worker.stop()
+        eng.close()

@@ -186,24 +186,27 @@ def chat_completions():
     if upstream_model is not None:
         images = _request_images(req, settings)
         return _state()["gateway"].forward(body, req, images, upstream_model)
-    target = _target_model(req.model, settings)
-    worker.check_accepting()
-    worker.check_room()
-    images = _request_images(req, settings)
-    g.record["backend"] = LOCAL
-    cache = _state()["responses"]
-    cache_key = cache.key(req, images, target or model_id()) if cache else None
-    if cache_key:
-        hit = cache.get(cache_key)
-        g.record["response_cache"] = "hit" if hit else "miss"
-        if hit:
-            return _replay(hit, req, images)
-    prep = Preparation(req, images)
-    engine = worker.current_engine(target)
-    prompt = prep(engine) if engine is not None else None  # a bad request fails here, now
-    if prompt is not None:
-        g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
-    job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
+    # Counted from here to the queue: requests arriving together start together (an idle
+    # engine waits a moment for them rather than prefilling the first alone).
+    with worker.arriving():
+        target = _target_model(req.model, settings)
+        worker.check_accepting()
+        worker.check_room()
+        images = _request_images(req, settings)
+        g.record["backend"] = LOCAL
+        cache = _state()["responses"]
+        cache_key = cache.key(req, images, target or model_id()) if cache else None
+        if cache_key:
+            hit = cache.get(cache_key)
+            g.record["response_cache"] = "hit" if hit else "miss"
+            if hit:
+                return _replay(hit, req, images)
+        prep = Preparation(req, images)
+        engine = worker.current_engine(target)
+        prompt = prep(engine) if engine is not None else None  # a bad request fails here, now
+        if prompt is not None:
+            g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
+        job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
     g.record["model"] = target or model_id()   # the answer's own model replaces it at the end
     reply = Reply(new_completion_id(), target or model_id(), prep, req.reasoning_inline,
                   cache_key)

@@ -17,6 +17,7 @@ is; a load that fails puts the previous model back, so the server never ends up 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -40,6 +41,7 @@ from .protocol import ChatRequest, ImagePart, Message, SamplingParams, TextPart
 log = logging.getLogger(__name__)
 
 Event = Delta | Finished | APIError
+ARRIVAL_WAIT = 0.05   # seconds a new prefill waits for requests still on their way in
 Progress = Callable[[float], None]
 Loader = Callable[[str | None, Progress], Engine]   # (model id, progress 0..1) -> engine
 
@@ -117,6 +119,7 @@ class Worker:
         self.engine: Engine | None = None
         self._runner = None             # the engine's sequences (batch.Batcher / SerialRunner)
         self._running = 0               # this worker's requests in the runner
+        self._arriving = 0              # requests between arrival and the queue
         self.model = model              # id of the loaded model (or the one to load)
         self.state = "loading"          # loading | warming | ready | unloaded | failed | stopped
                                         # | none (no local model: a pure gateway)
@@ -135,6 +138,18 @@ class Worker:
     def start(self) -> "Worker":
         self._thread.start()
         return self
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around a request's way in (parse, images, tokenize, submit): while any is on its
+        way, the engine holds a new prefill back a moment for it (ARRIVAL_WAIT)."""
+        with self._lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._arriving -= 1
 
     def without_model(self, reason: str) -> None:
         """No local model at all (a pure gateway): never started, refuses jobs."""
@@ -238,11 +253,32 @@ class Worker:
             if not self._take_queued(held):
                 break
             self._act(held)
+            if not self._wait_for_arrivals(held):
+                break
             if self._running:
                 self._runner.step()
             self.busy = self._running > 0
         if self._runner is not None and self._running:
             self._runner.close()
+
+    def _wait_for_arrivals(self, held) -> bool:
+        """Before the first step of newly admitted requests: while others are still on their
+        way in (tokenizing on HTTP threads), wait up to ARRIVAL_WAIT for them so that their
+        prompts join the same batch. A lone request never waits. False on the stop signal."""
+        starting = getattr(self._runner, "starting", 0) if self._runner is not None else 0
+        if not (self._arriving and self._running and starting == self._running):
+            return True   # nobody on the way, or answers already running: no stalling them
+        end = time.monotonic() + ARRIVAL_WAIT
+        while self._arriving and time.monotonic() < end:
+            try:
+                item = self._queue.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                return False
+            held.append(item)
+            self._act(held)
+        return True
 
     def _take_queued(self, held) -> bool:
         """Move whatever is queued into `held` without waiting; False on the stop signal."""
