@@ -265,3 +265,29 @@ def test_requests_arriving_together_start_together(settings):
     finally:
         worker.stop()
         eng.close()
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--parallel", "0", "use 1 to 64 sequences"),
+    ("--parallel", "many", "'many' is not 'auto' or a number of sequences"),
+    ("--n-gpu-layers", "-2", "use -1 for all layers, 0 for none"),
+])
+def test_the_cli_refuses_bad_counts(flag, value, says):
+    from click.testing import CliRunner
+    from vlserve.cli import main
+    result = CliRunner().invoke(main, ["serve", flag, value])
+    assert result.exit_code == 2 and says in result.output
+
+
+def test_a_full_batcher_refuses_clearly(engine):
+    from vlserve.errors import InternalError
+    engine._forget_kv()
+    runs = [Run(engine, request_of(f"q{i}")) for i in range(PARALLEL + 1)]
+    for run in runs[:PARALLEL]:
+        engine.batcher.admit(run.seq)
+    with pytest.raises(InternalError):
+        engine.batcher.admit(runs[-1].seq)
+    runs[-1].prompt.close()
+    while engine.batcher.active:  # the admitted ones finish
+        engine.batcher.step()
+    assert all(r.end is not None for r in runs[:PARALLEL])

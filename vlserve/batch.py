@@ -124,6 +124,8 @@ class Batcher:
             piece = lambda i: self.engine._piece(units[i], special=True)  # noqa: E731
             plans = {s: self._plan(s, units, piece) for s in self.slots}
             free = [s for s in self.slots if s.req is None]
+            if not free:   # the worker admits only while `free`; say so if a caller did not
+                raise InternalError("no free sequence for the request")
             # the free slot where this prompt saves the most, net of the cached tokens it
             # would throw away (another conversation's cache is worth keeping); then LRU
             slot = max(free, key=lambda s: (plans[s][1] - (len(s.kv.units) - plans[s][0]),

@@ -30,40 +30,38 @@ def main():
     """vlserve: an offline OpenAI-compatible server for Qwen3-VL vision-language models."""
 
 
-class GpuLayers(click.ParamType):
-    """`auto` (None: as many layers as fit in free GPU memory), -1 (all) or a count."""
+class AutoOrCount(click.ParamType):
+    """`auto` (resolved by `auto()`) or a whole number from `low` to `high`."""
     name = "auto|N"
 
-    def convert(self, value, param, ctx):
-        if value is None or str(value).strip().lower() == "auto":
-            return None
-        try:
-            n = int(value)
-        except ValueError:
-            self.fail(f"{value!r} is not 'auto' or a number of layers", param, ctx)
-        if n < -1:
-            self.fail("use -1 for all layers, 0 for none", param, ctx)
-        return n
-
-
-class ParallelType(click.ParamType):
-    """`auto`: 4 sequences when llama.cpp can offload to a GPU (batching is nearly free
-    there), 2 on a CPU (memory for the KV of each); or a number from 1 to 64."""
-    name = "auto|N"
+    def __init__(self, what: str, low: int, high: int, auto, hint: str):
+        self.what, self.low, self.high, self.auto, self.hint = what, low, high, auto, hint
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        if str(value).strip().lower() == "auto":
-            import llama_cpp
-            return 4 if llama_cpp.llama_supports_gpu_offload() else 2
+        if value is None or str(value).strip().lower() == "auto":
+            return self.auto()
         try:
             n = int(value)
         except ValueError:
-            self.fail(f"{value!r} is not 'auto' or a number of sequences", param, ctx)
-        if not 1 <= n <= 64:
-            self.fail("use 1 to 64 sequences", param, ctx)
+            self.fail(f"{value!r} is not 'auto' or a number of {self.what}", param, ctx)
+        if not self.low <= n <= self.high:
+            self.fail(self.hint, param, ctx)
         return n
+
+
+def _auto_parallel() -> int:
+    """4 sequences when llama.cpp can offload to a GPU (batching is nearly free there),
+    2 on a CPU (memory for the KV of each)."""
+    import llama_cpp
+    return 4 if llama_cpp.llama_supports_gpu_offload() else 2
+
+
+# None: as many layers as fit in free GPU memory (decided when the model loads)
+GPU_LAYERS = AutoOrCount("layers", -1, 1_000_000, lambda: None,
+                         "use -1 for all layers, 0 for none")
+PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequences")
 
 
 @main.command()
@@ -97,10 +95,10 @@ class ParallelType(click.ParamType):
 @option("--ctx-size", "n_ctx", type=click.IntRange(0), default=None,
         help="Context length in tokens (0 = the model's training length). Default: the "
              "catalog's for the model, else 8192.")
-@option("--n-gpu-layers", type=GpuLayers(), default="auto",
+@option("--n-gpu-layers", type=GPU_LAYERS, default="auto",
         help="Layers to offload to the GPU: auto (as many as fit in free GPU memory, the "
              "decision is logged), -1 (all) or a number. CPU builds use 0.")
-@option("--parallel", type=ParallelType(), default="auto",
+@option("--parallel", type=PARALLEL, default="auto",
         help="Requests decoded together, each in its own sequence with the whole --ctx-size "
              "(KV memory grows with it): auto (4 with a GPU, 2 on a CPU) or a number. More "
              "wait in the queue (--queue-size).")

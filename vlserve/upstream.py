@@ -87,7 +87,6 @@ class Upstream:
         self.spec = spec
         self.name, self.url = spec.name, spec.url
         self.up = False
-        self.checked = False          # at least one health check has finished
         self.cards: dict[str, dict] = {}   # model id -> its card from /v1/models
         self.kind = "openai"          # vllm | llama.cpp | vlserve | openai (unknown)
         self.in_flight = 0
@@ -118,9 +117,6 @@ class Pool:
         self._thread: threading.Thread | None = None
         self._client = httpx2.Client(timeout=httpx2.Timeout(check_timeout,
                                                             connect=connect_timeout))
-
-    def __bool__(self) -> bool:
-        return bool(self.upstreams)
 
     # -- health --
 
@@ -165,13 +161,11 @@ class Pool:
             cards = _cards(response)
         except (httpx2.HTTPError, _CheckFailed) as exc:
             self.mark_down(upstream, describe(exc))
-            upstream.checked = True
             return False
         upstream.cards = cards
         owners = {str(c.get("owned_by", "")).lower() for c in cards.values()}
         upstream.kind = next((KINDS[o] for o in owners if o in KINDS), "openai")
         self.mark_up(upstream)
-        upstream.checked = True
         return True
 
     def mark_down(self, upstream: Upstream, reason: str) -> None:
