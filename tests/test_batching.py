@@ -52,6 +52,8 @@ class Run:
         self.end = None
         self.cancel_after = cancel_after
         self.seq = Sequence(self.prompt, req.params, self._stop, self._emit)
+        self.slots = engine.batcher.slots
+        self.held_at_end = None   # whether its sequence was still taken when it heard "done"
 
     def _stop(self) -> bool:
         return self.cancel_after is not None and len(self.deltas) >= self.cancel_after
@@ -61,6 +63,7 @@ class Run:
             self.deltas.append(event.text)
         else:
             self.end = event
+            self.held_at_end = any(slot.req is self.seq for slot in self.slots)
             self.prompt.close()
 
     @property
@@ -145,6 +148,7 @@ def test_one_cancelled_the_others_unchanged(engine):
     runs = [Run(engine, r, cancel_after=5 if i == 1 else None) for i, r in enumerate(REQUESTS)]
     run_together(engine, *runs)
     assert runs[1].end.finish_reason == "cancelled" and len(runs[1].deltas) == 5
+    assert runs[1].held_at_end is False
     assert [runs[i].text for i in (0, 2, 3)] == [expected[i] for i in (0, 2, 3)]
     kv_consistent(engine)
 
@@ -163,6 +167,9 @@ def test_leaving_at_max_tokens_or_a_stop_string_lets_the_others_go_on(engine):
     assert runs[1].end.finish_reason == "length" and runs[1].end.completion_tokens == 2
     assert runs[2].end.finish_reason == "stop" and stop not in runs[2].text
     assert probe.startswith(runs[2].text)
+    # each heard it was done only once its sequence was free (a client reading /metrics
+    # or /health right after its answer must not see it still busy)
+    assert [r.held_at_end for r in runs] == [False, False, False]
 
 
 def test_a_long_prompt_comes_in_slices_while_another_generates(engine, settings):

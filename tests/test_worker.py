@@ -64,6 +64,7 @@ def test_events_arrive_in_order_and_end_with_finished():
     events = drain(worker.submit(engine.prompt(), SamplingParams()))
     assert [e.text for e in events[:-1]] == ["t0 ", "t1 ", "t2 "]
     assert events[-1] == Finished("length", 3, 3)
+    assert not worker.busy   # already idle when the client hears it is done
     worker.stop()
 
 
@@ -111,7 +112,7 @@ def test_engine_exception_travels_back_and_worker_survives():
     engine = FakeEngine(fail=True)
     worker = make_worker(engine)
     events = drain(worker.submit(engine.prompt(), SamplingParams()))
-    assert isinstance(events[-1], InternalError)
+    assert isinstance(events[-1], InternalError) and not worker.busy
     engine.fail = False
     assert isinstance(drain(worker.submit(engine.prompt(), SamplingParams()))[-1], Finished)
     worker.stop()

@@ -299,11 +299,11 @@ class Batcher:
             req.emit(Delta(tail))
         prompt_tokens = slot.cached + slot.evaluated
         if slot.t1 is None:   # stopped before its prompt was in
-            req.emit(Finished(reason, prompt_tokens, 0))
+            done = Finished(reason, prompt_tokens, 0)
         else:
             t2 = time.monotonic()
             decode_s = t2 - slot.t1
-            req.emit(Finished(reason, prompt_tokens, slot.n_out, {
+            done = Finished(reason, prompt_tokens, slot.n_out, {
                 "prompt_ms": round((slot.t1 - slot.t0) * 1000, 2),
                 "prompt_tokens_evaluated": slot.evaluated,
                 "cached_tokens": slot.cached,
@@ -313,8 +313,11 @@ class Batcher:
                 "predicted_ms": round(decode_s * 1000, 2),
                 "decode_tokens_per_s": (round(slot.n_out / decode_s, 2)
                                         if decode_s > 0 and slot.n_out else 0.0),
-            }, cached_tokens=slot.cached))
+            }, cached_tokens=slot.cached)
+        # free the sequence before the request hears it is done: a client that has its whole
+        # answer must not then see its sequence still busy (in /health, /metrics)
         self._release(slot)
+        req.emit(done)
 
     def _fail(self, slot: _Slot, exc: Exception) -> None:
         if not isinstance(exc, APIError):
@@ -323,8 +326,9 @@ class Batcher:
             self._forget(slot)
         except APIError:
             pass   # the request fails anyway, with the first error
-        slot.req.emit(exc)
+        req = slot.req
         self._release(slot)
+        req.emit(exc)
 
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:
@@ -378,10 +382,10 @@ class SerialRunner:
             self._req = None
             req.emit(exc)
             return
-        req.emit(event)
-        if isinstance(event, Finished):
+        if isinstance(event, Finished):   # free first, as the Batcher does
             self._events.close()
             self._req = None
+        req.emit(event)
 
     def close(self) -> None:
         if self._events is not None:

@@ -126,7 +126,6 @@ class Worker:
         self.reason = "loading the model"
         self.warmup_seconds: float | None = None
         self.load_seconds: float | None = None
-        self.busy = False
         self._served = False            # a model was up once: later loads are switches
         # Served-request counters for /health: finish reasons and tokens generated.
         # Keys fixed up front so /health can copy the dict while this thread updates it.
@@ -160,6 +159,11 @@ class Worker:
         self._set_state("stopped", "the server is shutting down")
         self._queue.put(None)  # wakes the thread
         self._thread.join(timeout)
+
+    @property
+    def busy(self) -> bool:
+        """True while a request is running in the engine."""
+        return self._running > 0
 
     @property
     def depth(self) -> int:
@@ -257,7 +261,6 @@ class Worker:
                 break
             if self._running:
                 self._runner.step()
-            self.busy = self._running > 0
         if self._runner is not None and self._running:
             self._runner.close()
 
@@ -346,10 +349,11 @@ class Worker:
         elif isinstance(event, Exception) and not isinstance(event, APIError):
             log.error("generation failed: %r", event)
             event = InternalError(f"generation failed: {type(event).__name__}")
+        if not isinstance(event, Delta):
+            self._running -= 1   # before the client hears it is done, so it reads us idle
         job.put(event)
         if not isinstance(event, Delta):
             job.close()
-            self._running -= 1
 
     def _next_item(self) -> Job | Switch | None:
         """The next queued item; unloads the model first if it stays idle past keep-alive."""
