@@ -187,6 +187,44 @@ def test_openai_client_streams_from_llama_cpp_through_the_gateway(gateway):
     assert whole.model == "tiny-lc" and whole.usage.completion_tokens == 16
 
 
+def test_health_checks_leave_a_running_llama_cpp_stream_alone(gateway):
+    """llama_cpp.server cuts a running stream when any other request reaches it, the
+    gateway's GET /v1/models (every 0.5 s here) included: it is not checked while busy."""
+    started = time.monotonic()
+    r = chat(gateway, {"model": "tiny-lc", "messages": [user("go on")], "max_tokens": 1500,
+                       "temperature": 0, "stream": True}, CHAT_KEY, stream=True)
+    events = list(content_chunks(r))
+    assert time.monotonic() - started > 1.0            # outlived two check intervals
+    assert not any("error" in e for e in events)
+    assert [c["finish_reason"] for e in events for c in e["choices"]
+            if c["finish_reason"]] == ["length"]
+    assert health(gateway)["upstreams"]["lc"]["up"] is True
+
+
+def test_an_answer_cut_short_upstream_is_an_error_not_a_short_answer(gateway, peers):
+    """llama_cpp.server ends a stream with [DONE] and no finish reason when another request
+    arrives: the client hears it was cut; the upstream is not taken for dead."""
+    r = chat(gateway, {"model": "tiny-lc", "messages": [user("go on")], "max_tokens": 1500,
+                       "temperature": 0, "stream": True}, CHAT_KEY, stream=True)
+    events = content_chunks(r)
+    assert next(e for e in events if e["choices"] and e["choices"][0]["delta"].get("content"))
+    other = threading.Thread(target=requests.post, args=(
+        peers["lc"].url + "/v1/chat/completions",),
+        kwargs={"json": {"messages": [user("me too")], "max_tokens": 2}, "timeout": 60})
+    other.start()            # straight to llama_cpp.server, not through the gateway
+    rest = list(events)      # up to [DONE]
+    other.join()
+    assert rest[-1]["error"]["code"] == "upstream_incomplete"
+    assert "--interrupt_requests false" in rest[-1]["error"]["message"]
+    assert not any(c.get("finish_reason") for e in rest[:-1] for c in e["choices"])
+    assert health(gateway)["upstreams"]["lc"]["up"] is True
+    wait_for(lambda: [x for x in read_audit(gateway.audit) if x["backend"] == "lc"
+                      and x["status"] == 502 and x["stream"]], 5, "the cut stream's audit line")
+    again = chat(gateway, {"model": "tiny-lc", "messages": [user("hi")], "max_tokens": 2},
+                 CHAT_KEY)
+    assert again.status_code == 200 and again.headers["X-Vlserve-Backend"] == "lc"
+
+
 def test_usage_is_passed_only_when_asked(gateway):
     """vlserve asks every upstream for usage (for the audit log and metrics); a client that
     did not ask does not get the extra chunk."""

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -143,6 +144,23 @@ def test_a_check_reads_models_kind_and_sends_the_key(fake_upstream):
 
     _Upstream.answer = (200, b"<html>not an API</html>")
     assert pool.check(upstream) is False and "model list" in upstream.last_error
+    pool.stop()
+
+
+def test_an_upstream_with_requests_in_flight_is_not_checked(fake_upstream):
+    """Its answers are its check; a check could cut them (llama_cpp.server: test_gateway)."""
+    port = fake_upstream.server_address[1]
+    pool = Pool(parse_specs([f"v=http://127.0.0.1:{port}"], []), interval=0.05).start()
+    upstream = pool.upstreams[0]
+    assert pool.choose("qwen") is upstream
+    checked = len(_Upstream.seen_auth)
+    time.sleep(0.5)                                      # ten intervals
+    assert len(_Upstream.seen_auth) == checked           # busy: left alone
+    pool.release(upstream)
+    wait = time.monotonic() + 5
+    while len(_Upstream.seen_auth) == checked and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert len(_Upstream.seen_auth) > checked            # idle: checked again
     pool.stop()
 
 

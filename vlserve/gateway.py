@@ -354,15 +354,9 @@ class _Relay:
         self.chunks = 0              # content deltas seen: the count when there is no usage
 
     def events(self) -> Iterator[bytes]:
-        status, frames = 200, SSEFrames()
-        upstream = self.opened.upstream
+        status, upstream = 200, self.opened.upstream
         try:
-            for data in _chain(self.opened.content, self.opened.rest):
-                for frame in frames.feed(data):
-                    if self._keep(frame):
-                        yield frame + b"\n\n"
-            if frames.rest.strip():
-                yield frames.rest + b"\n\n"
+            status = yield from self._pass_through()
         except GeneratorExit:
             status = 499   # the client left: closing the upstream's connection stops it
             g.record["cancelled"] = True
@@ -379,6 +373,41 @@ class _Relay:
             self.gateway._close(self.opened)
             self._record(status == 200)
             finish_request(status)
+
+    def _pass_through(self) -> Iterator[bytes]:
+        """The upstream's events, each as soon as it is complete, up to its [DONE]: what
+        follows on the connection (its end, or a server cutting it) is not the client's
+        business. Returns the status for the logs."""
+        frames = SSEFrames()
+        for data in _chain(self.opened.content, self.opened.rest):
+            for frame in frames.feed(data):
+                if _is_done(frame):
+                    return (yield from self._end(frame))
+                if self._keep(frame):
+                    yield frame + b"\n\n"
+        if _is_done(frames.rest):   # the last event without its blank line
+            return (yield from self._end(frames.rest))
+        if frames.rest.strip():
+            yield frames.rest + b"\n\n"
+        if self.finish is None:     # closed cleanly, but before the answer was finished
+            return (yield from self._end(b"data: [DONE]"))
+        return 200
+
+    def _end(self, done: bytes) -> Iterator[bytes]:
+        """The upstream's [DONE]; an answer without a finish reason was cut short by the
+        upstream (llama_cpp.server does so when another request arrives): the client is told
+        in-stream instead of taking the piece for the whole answer. Returns the status."""
+        status = 200
+        if self.finish is None:
+            status = 502
+            error = BadGatewayError(
+                f"upstream {self.opened.upstream.name!r} ended the answer without finishing "
+                "it (a llama_cpp.server upstream does so when another request arrives: run "
+                "it with --interrupt_requests false)", code="upstream_incomplete")
+            g.error_code = error.code
+            yield f"data: {json.dumps(error.to_dict())}\n\n".encode()
+        yield done + b"\n\n"
+        return status
 
     def _keep(self, frame: bytes) -> bool:
         """Look at one event; False for the usage chunk vlserve asked for on its own."""
@@ -422,6 +451,10 @@ class _Relay:
             _record_usage(usage, self.model)
         g.record.update(finish_reason=self.finish, timings=timings)
         g.log.update(completion_tokens=tokens, finish=self.finish)
+
+
+def _is_done(frame: bytes) -> bool:
+    return frame.strip() in (b"data: [DONE]", b"data:[DONE]")
 
 
 class SSEFrames:

@@ -100,8 +100,9 @@ ERROR_RESPONSES = {
           "`model_load_failed`; the previous model serves again).")),
     502: ("BadGateway", (
           "Gateway mode: no upstream serving the model could be reached (code "
-          "`upstream_unreachable`), one broke off (`upstream_disconnected`) or refused "
-          "vlserve's key (`upstream_auth_failed`). The message names the upstreams.")),
+          "`upstream_unreachable`), one broke off (`upstream_disconnected`), ended an answer "
+          "unfinished (`upstream_incomplete`, in-stream) or refused vlserve's key "
+          "(`upstream_auth_failed`). The message names the upstreams.")),
     503: ("ServiceUnavailable", (
           "The queue is full (code `server_busy`), the model is not ready (code "
           "`model_not_ready`), or every upstream serving it is down (code "

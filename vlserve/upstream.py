@@ -145,6 +145,12 @@ class Pool:
             for upstream in self.upstreams:
                 if self._stop.is_set():
                     return
+                if upstream.up and upstream.in_flight:
+                    # Its traffic is its check (a failing request marks it down), and a check
+                    # would hurt: llama_cpp.server cuts a running stream when any other
+                    # request arrives, /v1/models included, and answers that only after the
+                    # generation (a long one would time the check out: "down" while working).
+                    continue
                 self.check(upstream)
 
     def check(self, upstream: Upstream) -> bool:
