@@ -349,11 +349,12 @@ class Worker:
         elif isinstance(event, Exception) and not isinstance(event, APIError):
             log.error("generation failed: %r", event)
             event = InternalError(f"generation failed: {type(event).__name__}")
-        if not isinstance(event, Delta):
-            self._running -= 1   # before the client hears it is done, so it reads us idle
+        if isinstance(event, Delta):
+            job.put(event)
+            return
+        self._running -= 1   # before the client hears it is done, so that it reads us idle
         job.put(event)
-        if not isinstance(event, Delta):
-            job.close()
+        job.close()
 
     def _next_item(self) -> Job | Switch | None:
         """The next queued item; unloads the model first if it stays idle past keep-alive."""
