@@ -107,6 +107,15 @@ def client(make_app):
     return make_app().test_client()
 
 
+def self_signed_certificate(folder: Path, *, cn: str, san: str) -> tuple[str, str]:
+    """A throwaway certificate and key (openssl), valid for a day: (cert path, key path)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={cn}", "-addext", f"subjectAltName={san}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
+from conftest import self_signed_certificate
 from vlserve import images, remote
 from vlserve.errors import ImageError
 from vlserve.images import ImageCache, ImageLimits, decode_data_url, prepare_image
@@ -143,12 +143,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return str(cert), str(key)
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"), cn="localhost",
+                                   san="DNS:localhost,IP:127.0.0.1")
 
 
 @pytest.fixture

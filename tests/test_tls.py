@@ -10,17 +10,13 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, free_port, user
+from conftest import ROOT, free_port, self_signed_certificate, user
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"), cn="127.0.0.1",
+                                   san="IP:127.0.0.1")
 
 
 def test_https_with_the_given_certificate(tiny_model, certificate, tmp_path):
