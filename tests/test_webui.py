@@ -742,6 +742,174 @@ def test_markdown_is_rendered_and_sanitized(server, open_page):
     assert page.evaluate("navigator.clipboard.readText()") == "def area(r):\n    return 3.14 * r * r"
     page.wait_for_timeout(100)
     assert page.evaluate("window.__xss") is None
+    # raw HTML in an answer is the text the model wrote, not markup
+    expect(content).to_contain_text('<img src=x onerror="window.__xss=1">')
+    expect(content).to_contain_text("<script>window.__xss=2</script>")
+    assert page.evaluate(ACTIVE_ATTRIBUTES, "[data-testid=message-content]") == []
+
+
+# Elements under `selector` carrying an attribute a browser would run or fetch: on*, style,
+# src, srcset, and any URL that is not http(s)/mailto/#.
+ACTIVE_ATTRIBUTES = """(selector) => [...document.querySelectorAll(selector)].flatMap((root) =>
+  [root, ...root.querySelectorAll("*")].flatMap((node) => [...node.attributes]
+    .filter((a) => /^on|^(style|src|srcset|formaction|action)$/i.test(a.name)
+      || (a.name === "href" && !/^(https?:|mailto:|#)/i.test(a.value)))
+    .map((a) => `<${node.tagName.toLowerCase()} ${a.name}="${a.value}">`)))"""
+
+# Every answer the sanitizer may be handed while a reply streams: each prefix of these.
+HOSTILE_ANSWERS = [
+    'Look: <img src=x onerror="window.pwned=1"> and <svg onload=window.pwned=2>',
+    "<script>window.pwned=3</script>\n\n<a href=\"javascript:window.pwned=4\" onclick=\"window.pwned=5\">x</a>",
+    "<details open ontoggle=window.pwned=6><summary>s</summary></details> <iframe src=javascript:1>",
+    "| a | b |\n|---|---|\n| <img src=1 onerror=window.pwned=7> | `<b onclick=1>` |",
+    "<style>*{color:red}</style><div style=\"x\" onmouseover=window.pwned=8>hover</div>",
+    "![pic](https://example.com/p.png) ![x](javascript:window.pwned=9) <!-- <img src=x onerror=1> -->",
+    "```html\n<img src=x onerror=window.pwned=10>\n```\n<math><mi xlink:href=javascript:1>m</mi></math>",
+]
+
+
+def test_every_prefix_of_hostile_answers_renders_inert(server, open_page):
+    """What a streaming answer shows at each moment: the renderer on every prefix (tags cut
+    anywhere) hands the browser no handler, style, source or script URL, and the page logs
+    no CSP violation (the fixture fails on any console error)."""
+    page = open_page(server)
+    found = page.evaluate("""async (answers) => {
+      const inspect = %s;
+      const { renderMarkdown } = await import("/static/js/markdown.js");
+      const target = document.createElement("div");
+      target.id = "prefix-probe";
+      document.body.append(target);
+      const bad = [];
+      for (const answer of answers) {
+        for (let i = 1; i <= answer.length; i++) {
+          renderMarkdown(target, answer.slice(0, i), { final: i === answer.length });
+          for (const hit of inspect("#prefix-probe")) bad.push(`${JSON.stringify(answer.slice(0, i))}: ${hit}`);
+        }
+      }
+      target.remove();
+      return bad;
+    }""" % ACTIVE_ATTRIBUTES, HOSTILE_ANSWERS)
+    assert found == []
+    page.wait_for_timeout(100)   # a late error event would reach the fixture's check
+    assert page.evaluate("window.pwned") is None
+
+
+class PacedSSE:
+    """A loopback OpenAI-style stream that sends its chunks one at a time, each only when the
+    test releases it: the page then paints every partial answer (cut inside a tag), in order,
+    with no timing involved."""
+
+    def __init__(self, pieces: list[str]):
+        import http.server
+        self.pieces = pieces
+        self.gates = [threading.Event() for _ in pieces]
+        self.requests = 0
+        paced = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                paced.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                base = {"id": "chatcmpl-paced", "object": "chat.completion.chunk",
+                        "created": 0, "model": "tiny"}
+
+                def event(delta, finish=None, **extra):
+                    chunk = {**base, "choices": [{"index": 0, "delta": delta,
+                                                  "finish_reason": finish}], **extra}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+
+                event({"role": "assistant", "content": ""})
+                for gate, piece in zip(paced.gates, paced.pieces):
+                    if not gate.wait(30):
+                        return
+                    event({"content": piece})
+                event({}, "stop", timings={"ttft_ms": 1.0, "decode_tokens_per_s": 1.0},
+                      usage={"prompt_tokens": 1, "completion_tokens": len(paced.pieces),
+                             "total_tokens": 1 + len(paced.pieces)})
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/chat/completions"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        for gate in self.gates:
+            gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_streamed_raw_html_cut_across_chunks_stays_text(server, open_page):
+    """A real stream whose tags are split between chunks: each partial answer is painted (the
+    test waits for it) and none of them hands the browser a handler; the final answer shows
+    the tags as text. The page's chat request is sent to a paced loopback stream."""
+    from playwright.sync_api import expect
+    pieces = ['Look: <img src=x on', 'error="window.pwned=1"> then <scr',
+              'ipt>window.pwned=2</scr', 'ipt> and <a href="javascript:window.pwned=3" oncl',
+              'ick="window.pwned=4">x</a> <svg/onlo', 'ad=window.pwned=5> end']
+    paced = PacedSSE(pieces)
+    try:
+        page = open_page(server)
+        page.route("**/v1/chat/completions", lambda route: route.continue_(url=paced.url))
+        send(page, "show me raw html")
+        content = messages(page, "assistant").get_by_test_id("message-content")
+        sofar = ""
+        for gate, piece in zip(paced.gates, pieces):
+            gate.set()
+            sofar += piece
+            expect(content).to_have_text(sofar)   # painted as typed, cut tag and all
+            assert page.evaluate(ACTIVE_ATTRIBUTES, "#messages") == []
+        wait_answers(page, 1)
+        expect(content).to_have_text("".join(pieces))
+        assert page.evaluate(ACTIVE_ATTRIBUTES, "#messages") == []
+        assert page.evaluate("window.pwned") is None
+        assert paced.requests == 1
+    finally:
+        paced.close()
+
+
+def test_raw_html_in_imported_titles_questions_and_reasoning_stays_text(server, open_page):
+    """An imported chat is untrusted: HTML in its title (sidebar, header, tab title), in a
+    question, in an answer and in reasoning shows as text; so does a title typed in rename."""
+    from playwright.sync_api import expect
+    page = open_page(server)
+    title = '<img src=x onerror="window.pwned=1">Invoice'
+    chat = conversation("html", title, [('<b onclick="window.pwned=2">q</b>',
+                                         '<svg onload="window.pwned=3">answer</svg>')])
+    chat["messages"][1]["reasoning"] = '<img src=y onerror="window.pwned=4">thinking'
+    import_json(page, {"conversations": [chat]})
+    item = page.get_by_test_id("conversation-item")
+    expect(item).to_contain_text(title)
+    item.locator(".conv-open").click()
+    expect(page.locator("#chat-title")).to_have_text(title)
+    assert page.title() == f"{title} · vlserve"
+    expect(messages(page, "user").get_by_test_id("message-content")).to_have_text(
+        '<b onclick="window.pwned=2">q</b>')
+    expect(messages(page, "assistant").get_by_test_id("message-content")).to_have_text(
+        '<svg onload="window.pwned=3">answer</svg>')
+    page.locator(".thinking summary").click()
+    expect(page.locator(".thinking-body")).to_have_text('<img src=y onerror="window.pwned=4">thinking')
+    item.hover()
+    page.get_by_test_id("conversation-rename").click()
+    renamed = '<iframe src="javascript:window.pwned=5"></iframe>'
+    page.locator(".conv-rename").fill(renamed)
+    page.locator(".conv-rename").press("Enter")
+    expect(page.locator("#chat-title")).to_have_text(renamed)
+    expect(item).to_contain_text(renamed)
+    assert page.evaluate(ACTIVE_ATTRIBUTES, "#messages, #chat-title, [data-testid=sidebar]") == []
+    assert page.evaluate("window.pwned") is None
 
 
 def test_drop_an_image_on_the_page(server, open_page):

@@ -2,6 +2,14 @@
 // allow-list fit for chat answers (no images, forms or styles: the model's output is
 // untrusted text), links opened in a new tab; code blocks get a header with the language
 // and a copy button, and syntax colours from highlight.js once the text is final.
+//
+// Raw HTML in an answer is text, never markup: marked's block `html` and inline `tag`
+// tokenizers are switched off, so `<img onerror=…>` reaches the page as the characters the
+// model wrote (escaped like any other text), and Markdown images become links. The browser
+// is never handed an attribute the model chose other than a link's href/title and a code
+// block's language class; DOMPurify stays as the second wall. (Letting marked pass raw HTML
+// through for DOMPurify to clean made Chromium 156 report a CSP violation while DOMPurify
+// parsed it: an inline event handler in an inert document is still "seen" by the CSP.)
 
 import { el, iconButton, copyText, flashCopied } from "./dom.js";
 
@@ -15,7 +23,18 @@ let configured = false;
 function configure() {
   if (configured) return;
   configured = true;
-  window.marked.use({ gfm: true, breaks: true });
+  window.marked.use({
+    gfm: true, breaks: true,
+    // returning undefined (not false, which falls back to marked's own) means "no HTML here":
+    // the characters stay in the surrounding paragraph as text
+    tokenizer: { html: () => undefined, tag: () => undefined },
+    renderer: {
+      // an image the model names is a link to it, never fetched by the page
+      image({ href, title, text }) {
+        return this.parser.renderer.link({ href, title, tokens: [{ type: "text", raw: text, text: text || href }] });
+      },
+    },
+  });
   window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
     if (node.tagName === "A") {
       node.setAttribute("target", "_blank");
