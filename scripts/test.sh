@@ -10,6 +10,12 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
         && [ "$(id -u)" = 0 ]; then
     echo "vlserve: installing chromium for the page tests" >&2
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null
+    echo "vlserve: installed $(dpkg-query -W -f '${Package} ${Version}' chromium 2>/dev/null)" >&2
+fi
+# Which browser the page tests will drive (they also name it at the end of pytest's output).
+chromium="${VLSERVE_CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}"
+if [ -n "$chromium" ]; then
+    echo "vlserve: page tests use $("$chromium" --version 2>/dev/null || echo "$chromium (no --version)")" >&2
 fi
 .venv/bin/python scripts/make_tiny_model.py --out-dir models/tiny >/dev/null
 exec .venv/bin/python -m pytest "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 
 CHROMIUM_ARGS = [
@@ -27,11 +28,16 @@ def chromium_path() -> str | None:
     return None
 
 
+LAUNCHED: dict[str, str] = {}   # path -> version of every chromium the tests started
+
+
 def launch(playwright):
     path = chromium_path()
     if path is None:
         raise FileNotFoundError("no chromium found (set VLSERVE_CHROMIUM or install Debian's chromium)")
-    return playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+    browser = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+    LAUNCHED.setdefault(path, chromium_version(path) or browser.version)
+    return browser
 
 
 @dataclass
@@ -47,8 +53,28 @@ class Problems:
         return [e for e in self.errors if not any(a in e for a in self.allowed)]
 
 
+# Chromium logs some CSP violations to the console and not others (it changed in 156 for
+# inline handlers parsed inside DOMPurify's inert document): every violation the page's
+# document hears about is made a console error, so a test fails on it in any version.
+CSP_LISTENER = """document.addEventListener("securitypolicyviolation", (e) => console.error(
+  `CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));"""
+
+
+def chromium_version(path: str | None = None) -> str | None:
+    """What `chromium --version` prints (e.g. "Chromium 156.0.8078.114 built on Debian…")."""
+    path = path or chromium_path()
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{path} (version unknown: {exc})"
+    return out.stdout.strip() or f"{path} (version unknown)"
+
+
 def watch(page) -> Problems:
     problems = Problems()
+    page.add_init_script(CSP_LISTENER)
     page.on("console", lambda msg: problems.errors.append(f"console.{msg.type}: {msg.text}")
             if msg.type == "error" else None)
     page.on("pageerror", lambda exc: problems.errors.append(f"pageerror: {exc}"))

@@ -195,3 +195,11 @@ def live_server(tiny_model, tmp_path_factory):
                         log_path=tmp_path_factory.mktemp("live") / "server.log")
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which browser ran the page tests: a failure on a fresh machine is then traceable to a
+    Chromium that changed under the tests."""
+    from browser import LAUNCHED
+    for path, version in LAUNCHED.items():
+        terminalreporter.write_line(f"page tests ran in: {version} ({path})")
