@@ -262,9 +262,9 @@ def test_requests_arriving_together_start_together(settings):
     a, b = request_of("First in."), request_of("Right behind.")
     try:
         with worker.arriving():                      # b is on its way
-            job_a = worker.submit(eng.prepare(a, []), a.params)
+            job_a = worker.submit(eng.prepare(a, []), a.params, engine=eng)
             time.sleep(ARRIVAL_WAIT / 5)             # a is queued, admitted, and waits
-            job_b = worker.submit(eng.prepare(b, []), b.params)
+            job_b = worker.submit(eng.prepare(b, []), b.params, engine=eng)
         for job in (job_a, job_b):
             while not isinstance(job.next_event(10), Finished):
                 pass

@@ -61,7 +61,7 @@ def make_worker(engine, **kw) -> Worker:
 def test_events_arrive_in_order_and_end_with_finished():
     engine = FakeEngine(tokens=3)
     worker = make_worker(engine)
-    events = drain(worker.submit(engine.prompt(), SamplingParams()))
+    events = drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))
     assert [e.text for e in events[:-1]] == ["t0 ", "t1 ", "t2 "]
     assert events[-1] == Finished("length", 3, 3)
     assert not worker.busy   # already idle when the client hears it is done
@@ -71,12 +71,12 @@ def test_events_arrive_in_order_and_end_with_finished():
 def test_full_queue_is_refused_at_once_with_retry_after():
     engine = FakeEngine(tokens=50, delay=0.02)
     worker = make_worker(engine, queue_size=1)
-    running = worker.submit(engine.prompt("a"), SamplingParams())
+    running = worker.submit(engine.prompt("a"), SamplingParams(), engine=engine)
     assert engine.started.wait(5)
-    worker.submit(engine.prompt("b"), SamplingParams())       # waits in the queue
+    worker.submit(engine.prompt("b"), SamplingParams(), engine=engine)       # waits in the queue
     t0 = time.monotonic()
     with pytest.raises(ServiceUnavailableError) as info:
-        worker.submit(engine.prompt("c"), SamplingParams())
+        worker.submit(engine.prompt("c"), SamplingParams(), engine=engine)
     assert time.monotonic() - t0 < 0.5
     assert info.value.status == 503 and info.value.retry_after
     running.cancel()
@@ -86,13 +86,13 @@ def test_full_queue_is_refused_at_once_with_retry_after():
 def test_cancelled_job_stops_within_a_token_and_queued_cancel_is_skipped():
     engine = FakeEngine(tokens=1000, delay=0.01)
     worker = make_worker(engine)
-    first = worker.submit(engine.prompt("a"), SamplingParams())
-    queued = worker.submit(engine.prompt("b"), SamplingParams())
+    first = worker.submit(engine.prompt("a"), SamplingParams(), engine=engine)
+    queued = worker.submit(engine.prompt("b"), SamplingParams(), engine=engine)
     queued.cancel()
     assert engine.started.wait(5)
     first.cancel()
     assert drain(first)[-1].finish_reason == "cancelled"
-    third = worker.submit(engine.prompt("c"), SamplingParams())
+    third = worker.submit(engine.prompt("c"), SamplingParams(), engine=engine)
     engine.tokens = 1
     assert isinstance(drain(third)[-1], Finished)
     assert engine.ran == ["a", "c"]
@@ -102,7 +102,7 @@ def test_cancelled_job_stops_within_a_token_and_queued_cancel_is_skipped():
 def test_deadline_becomes_a_timeout_error():
     engine = FakeEngine(tokens=1000, delay=0.01)
     worker = make_worker(engine, request_timeout=0.3)
-    events = drain(worker.submit(engine.prompt(), SamplingParams()))
+    events = drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))
     assert isinstance(events[-1], TimeoutError_) and events[-1].status == 504
     assert worker.stats["timeout"] == 1 and worker.stats["cancelled"] == 0
     worker.stop()
@@ -111,10 +111,10 @@ def test_deadline_becomes_a_timeout_error():
 def test_engine_exception_travels_back_and_worker_survives():
     engine = FakeEngine(fail=True)
     worker = make_worker(engine)
-    events = drain(worker.submit(engine.prompt(), SamplingParams()))
+    events = drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))
     assert isinstance(events[-1], InternalError) and not worker.busy
     engine.fail = False
-    assert isinstance(drain(worker.submit(engine.prompt(), SamplingParams()))[-1], Finished)
+    assert isinstance(drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))[-1], Finished)
     worker.stop()
 
 
@@ -159,7 +159,7 @@ def test_switch_waits_for_queued_jobs_and_reprepares_stale_prompts():
     worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
     assert worker.wait_ready(5)
     first = worker.submit(prepare_for("j1")(models.engines["a"]), SamplingParams(),
-                          prepare=prepare_for("j1"))
+                          prepare=prepare_for("j1"), engine=models.engines["a"])
     switch = worker.switch("b")
     # prepared for "a" while "a" was loaded, but queued behind the switch: prepared again
     stale = worker.submit(prepare_for("j2")(models.engines["a"]), SamplingParams(),

@@ -11,6 +11,7 @@ import queue
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
+from .app import json_body
 from .errors import InvalidRequestError, NotFoundError, TimeoutError_
 from .worker import Worker
 
@@ -24,10 +25,7 @@ def _worker() -> Worker:
 
 
 def _body() -> dict:
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
-    return body
+    return json_body(must_be_object=True)
 
 
 def _check_local(name: str | None) -> None:

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
-from werkzeug.exceptions import BadRequest
 
-from . import audit
-from .app import finish_request
+from . import audit, auth
+from .app import finish_request, json_body
 from .engine import Delta, Finished, Prompt
 from .context import Fit, fit_messages, strip_thinking
 from .errors import (APIError, ContextLengthError, InvalidRequestError, NotFoundError,
@@ -32,6 +31,10 @@ bp = Blueprint("api", __name__)
 DEFAULT_RESERVE = 1024
 KEEPALIVE_SECONDS = 1.0   # SSE comment cadence while queued or prefilling; also how fast a
                           # vanished client is noticed before the first token
+CLIENT_CHECK_SECONDS = 0.25   # a non-streamed request checks this often that its client is
+                              # still there, whether tokens are flowing or not
+CANCEL_GRACE_SECONDS = 2.0    # after a client left, how long its thread waits for the engine
+                              # to confirm the stop (for the log's counts) before it ends
 
 
 def _state() -> dict:
@@ -60,13 +63,15 @@ def health():
     body = {"status": "ok" if worker.state == "ready" else worker.state,
             "model": model_id(), "queue_depth": worker.depth, "busy": worker.busy,
             "served": dict(worker.stats)}
-    engine = worker.engine
+    view = worker.engine_view()
     body.update(_upstream_health())
-    if worker.state == "ready" and engine is not None:
-        body.update(warmup_seconds=worker.warmup_seconds, **engine.info,
-                    cache=engine.cache_stats())
+    if view is not None:
+        body.update(warmup_seconds=worker.warmup_seconds, **view["info"], cache=view["cache"])
         return jsonify(body)
-    body["reason"] = worker.reason
+    if worker.state == "ready":   # ready, yet no lease: it is being freed for a switch
+        body.update(status="loading", reason="switching models")
+    else:
+        body["reason"] = worker.reason
     if worker.state == "unloaded":   # idle: healthy, the next request loads the model
         return jsonify(body)
     response = jsonify(body)
@@ -108,11 +113,11 @@ def _model_card(model: LocalModel) -> dict:
             "size_bytes": _size(model)}
     if model.entry is not None:
         card["catalog"] = model.entry.id
-    engine = worker.engine
-    if loaded and worker.state == "ready" and engine is not None:
-        card["meta"] = engine.info
+    view = worker.engine_view() if loaded else None
+    if view is not None:
+        card["meta"] = view["info"]
         # what the loaded template does beats what the file name suggests
-        card["capabilities"]["thinking"] = bool(engine.info.get("thinking", model.thinking))
+        card["capabilities"]["thinking"] = bool(view["info"].get("thinking", model.thinking))
     return card
 
 
@@ -180,7 +185,7 @@ def get_model(name: str):
 @bp.post("/v1/chat/completions")
 def chat_completions():
     settings, worker = _state()["settings"], _worker()
-    body = _json_body()
+    body = json_body()
     req = parse_chat_request(body, max_tokens_cap=settings.max_tokens_cap or 10**7)
     upstream_model = _upstream_model(req.model, settings)
     if upstream_model is not None:
@@ -202,11 +207,14 @@ def chat_completions():
             if hit:
                 return _replay(hit, req, images)
         prep = Preparation(req, images)
-        engine = worker.current_engine(target)
-        prompt = prep(engine) if engine is not None else None  # a bad request fails here, now
+        # Tokenized here when its model is loaded, so a bad request fails now, before it
+        # queues; the lease keeps that engine loaded meanwhile (else the engine thread
+        # prepares it, for whichever engine it will run on).
+        with worker.lease(target) as engine:
+            prompt = prep(engine) if engine is not None else None
+            job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
         if prompt is not None:
             g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
-        job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
     g.record["model"] = target or model_id()   # the answer's own model replaces it at the end
     reply = Reply(new_completion_id(), target or model_id(), prep, req.reasoning_inline,
                   cache_key)
@@ -256,11 +264,20 @@ def _request_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage
 def _target_model(name: str | None, settings) -> str | None:
     """The model a request must run on: the one it names when that model is on disk and
     switching on request is on; otherwise None (whichever is loaded — clients that send a
-    fixed name such as "gpt-4o" keep working)."""
+    fixed name such as "gpt-4o" keep working). Switching the model is everyone's business:
+    with keys configured, naming a model that is not the loaded one needs the admin scope."""
     if not name or not settings.switch_on_request:
         return None
     model = _library().get(name)
-    return model.id if model is not None else None
+    if model is None:
+        return None
+    if model.id != _worker().model and not auth.may("admin"):
+        raise auth.PermissionDeniedError(
+            f"model {model.id!r} is not loaded, and loading it would switch the model for "
+            f"everyone: that needs the 'admin' scope (the key {g.key_name!r} has "
+            f"{', '.join(sorted(auth.scopes()))}); use the loaded model "
+            f"{_worker().model!r} or ask an admin", param="model", code="model_switch_forbidden")
+    return model.id
 
 
 class Preparation:
@@ -323,13 +340,6 @@ class Reply:
         return extra
 
 
-def _json_body():
-    try:
-        return request.get_json(force=True)
-    except BadRequest:
-        raise InvalidRequestError("the request body is not valid JSON") from None
-
-
 def _decode_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]:
     parts = req.image_parts
     limits = settings.images
@@ -384,23 +394,48 @@ def _client_gone() -> bool:
         return True
 
 
-def _events(job: Job) -> Iterator[Delta | Finished | APIError | None]:
-    """The job's events until its terminal one; None on each quiet keepalive interval."""
+def _events(job: Job, quiet: float = KEEPALIVE_SECONDS
+            ) -> Iterator[Delta | Finished | APIError | None]:
+    """The job's events until its terminal one; None on each `quiet` interval without one."""
     while True:
-        event = job.next_event(KEEPALIVE_SECONDS)
+        event = job.next_event(quiet)
         yield event
         if isinstance(event, (Finished, APIError)):
             return
 
 
+def _abandon(job: Job) -> None:
+    """The client is gone: a queued job leaves the queue now (answered, its place freed),
+    a running one is stopped at the engine's next step. A no-op on a finished job."""
+    if not _worker().withdraw(job):
+        job.cancel()
+
+
+def _walked_away(job: Job, reply: Reply) -> Response:
+    """A non-streamed request whose client left: stop its work, log it as 499 (with the
+    counts the engine reports, when it does within the grace) and end this thread."""
+    _abandon(job)
+    _mark_cancelled()
+    end = time.monotonic() + CANCEL_GRACE_SECONDS
+    while (left := end - time.monotonic()) > 0:
+        event = job.next_event(left)
+        if isinstance(event, Finished):
+            _log_finish(event, job, reply)
+            break
+        if isinstance(event, APIError):
+            break
+    return Response(status=499)   # nobody reads it: the status is for the log and audit
+
+
 def _collect(job: Job, reply: Reply) -> Response:
-    text = []
+    text, next_check = [], time.monotonic() + CLIENT_CHECK_SECONDS
     try:
-        for event in _events(job):
-            if event is None and _client_gone():
-                job.cancel()
-                _mark_cancelled()
-            elif isinstance(event, Delta):
+        for event in _events(job, CLIENT_CHECK_SECONDS):
+            if time.monotonic() >= next_check:   # even while tokens flow
+                next_check = time.monotonic() + CLIENT_CHECK_SECONDS
+                if _client_gone():
+                    return _walked_away(job, reply)
+            if isinstance(event, Delta):
                 text.append(event.text)
             elif isinstance(event, APIError):
                 raise event
@@ -457,7 +492,7 @@ def _replay(hit: dict, req: ChatRequest, images) -> Response:
 
 def job_model(job: Job, reply: Reply) -> str:
     """The id of the model that answered (known once the job ran)."""
-    return getattr(job.engine, "model_id", None) or reply.model
+    return job.served_model or reply.model
 
 
 class _Deltas:
@@ -545,7 +580,7 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
         _mark_cancelled()
         raise
     finally:
-        job.cancel()  # a no-op after the end; frees the engine if the client left
+        _abandon(job)  # a no-op after the end; frees the queue place or sequence if not
         thinking = bool(job.prompt and job.prompt.thinking)
         _record_content(req, reply.prep.images,
                         *reversed(_shape_answer("".join(raw), thinking, reply.reasoning_inline)))

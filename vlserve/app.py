@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import catalog
 from .config import DEFAULT_CTX, Settings
@@ -114,6 +114,20 @@ def _loader(settings: Settings, library: Library):
         return LlamaEngine(settings.replace(model=str(model.model), mmproj=str(model.mmproj),
                                             model_alias=model.id, n_ctx=n_ctx), progress)
     return load
+
+
+def json_body(*, must_be_object: bool = False):
+    """The request's JSON body, or a 400 that says why: not JSON, nested deeper than the
+    parser's recursion allows (a 100,000-deep array is not a traceback), or not an object."""
+    try:
+        body = request.get_json(force=True)
+    except BadRequest:
+        raise InvalidRequestError("the request body is not valid JSON") from None
+    except RecursionError:   # json's decoder recurses once per nesting level
+        raise InvalidRequestError("the request body is nested too deeply") from None
+    if must_be_object and not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return body
 
 
 def error_response(exc: APIError) -> Response:

@@ -6,8 +6,9 @@ tokens, and `Llama` hides model parameters we need (`use_extra_bufts`). We use t
 `_internals` wrappers for ownership and the C API for the rest, with llama-cpp-python
 pinned to one version in setup.cfg.
 
-Threading: `prepare()` (template + tokenize) is safe to call from HTTP threads, as
-llama.cpp's own server does; `generate()` must only run on the worker thread.
+Threading: `prepare()` and `count_tokens()` (template + tokenize) may run on HTTP threads, as
+llama.cpp's own server does, but only while the worker's lease keeps this engine loaded
+(worker.Worker.lease); `generate()` and the batcher run only on the worker thread.
 """
 
 from __future__ import annotations

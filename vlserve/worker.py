@@ -12,6 +12,17 @@ Switching happens here too, once the running jobs are done: jobs queued behind a
 wait for it, and so does a job for another model; a job
 prepared (tokenized) for a model that is no longer loaded is prepared again for the one that
 is; a load that fails puts the previous model back, so the server never ends up without one.
+
+The engine's lifetime: a llama.cpp model is freed only when no thread can still use it. Any
+other thread that touches the engine (an HTTP thread tokenizing a request, /health reading
+its cache) holds a `lease()`; freeing it (a switch, an unload, the keep-alive timeout) first
+refuses new leases, then waits for the held ones to end. A Python reference to an engine does
+not keep llama.cpp's memory alive, so nothing outside a lease may call into it. A request
+whose model is switched away while it is being prepared finishes preparing on the old engine
+(the switch waits for it), then is prepared again here, on the engine it will run on.
+
+Every job ends with exactly one terminal event (Finished or an error), whatever happens to it:
+run, refused, expired, cancelled while queued (`withdraw`), or left over at shutdown.
 """
 
 from __future__ import annotations
@@ -58,8 +69,11 @@ class Job:
         self.deadline = deadline
         self.prompt, self.engine, self.prepare = prompt, engine, prepare
         self.model = model          # the model id this request needs; None = whichever
+        self.served_model: str | None = None   # the id of the model it ran on
         self._events: queue.Queue[Event] = queue.Queue()
         self._cancel = threading.Event()
+        self.taken = False          # the engine thread took it from the queue (worker lock)
+        self.withdrawn = False      # left the queue before that (worker lock)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -114,6 +128,9 @@ class Worker:
         self._queue_size = queue_size
         self._waiting = 0               # jobs in the queue (switches do not count)
         self._lock = threading.Lock()
+        self._leases = 0                # threads using the engine outside this one
+        self._draining = False          # an unload waits for those: no new leases
+        self._drained = threading.Condition(self._lock)
         self.request_timeout = request_timeout
         self.events = EventHub()
         self.engine: Engine | None = None
@@ -169,10 +186,15 @@ class Worker:
     def depth(self) -> int:
         return self._waiting
 
-    @property
-    def runner(self):
-        """The loaded engine's sequences (None while nothing is loaded)."""
-        return self._runner
+    def engine_view(self) -> dict | None:
+        """What other threads may know of the loaded engine, read under a lease: its info,
+        cache and batching numbers (copies). None when no engine is ready."""
+        with self.lease() as engine:
+            if engine is None:
+                return None
+            runner = self._runner
+            return {"info": dict(engine.info), "cache": engine.cache_stats(),
+                    "batch": runner.stats() if hasattr(runner, "stats") else None}
 
     def wait_ready(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -190,12 +212,39 @@ class Worker:
         return ServiceUnavailableError(f"the model is not ready: {self.reason}",
                                        code="model_not_ready", retry_after=5)
 
-    def current_engine(self, model: str | None) -> Engine | None:
-        """The loaded engine if it is the one `model` needs and no switch is pending."""
-        engine = self.engine
-        if self.state == "ready" and engine is not None and model in (None, self.model):
-            return engine
-        return None
+    @contextlib.contextmanager
+    def lease(self, model: str | None = None):
+        """The loaded engine, kept loaded while the block runs; None when it is not ready,
+        is not `model` (None: whichever is loaded), or is about to be freed. The only way
+        another thread may use the engine; keep the block short of waiting on this worker."""
+        with self._lock:
+            engine = self.engine
+            granted = (engine is not None and not self._draining and self.state == "ready"
+                       and model in (None, self.model))
+            if granted:
+                self._leases += 1
+        try:
+            yield engine if granted else None
+        finally:
+            if granted:
+                with self._lock:
+                    self._leases -= 1
+                    if not self._leases:
+                        self._drained.notify_all()
+
+    def withdraw(self, job: Job) -> bool:
+        """Take a job out of the queue for good (its client left): it ends now, cancelled,
+        even while the engine thread is busy. False when it was already taken."""
+        with self._lock:
+            if job.taken or job.withdrawn:
+                return False
+            job.withdrawn = True
+            self._waiting -= 1
+            self.stats["cancelled"] += 1
+        job.cancel()
+        job.put(Finished("cancelled", 0, 0))
+        job.close()
+        return True
 
     def check_room(self) -> None:
         """Refuse early, before a request spends time decoding images, if it cannot queue."""
@@ -205,10 +254,16 @@ class Worker:
     def submit(self, prompt: Prompt | None, params: SamplingParams, *,
                prepare: Callable[[Engine], Prompt] | None = None, model: str | None = None,
                engine: Engine | None = None) -> Job:
+        """Queue a request: `prompt` prepared on `engine` (under a lease), or None to have
+        the engine thread prepare it."""
+        if prompt is not None and engine is None:
+            raise TypeError("a prepared prompt needs the engine it was prepared on")
         job = Job(params, time.monotonic() + self.request_timeout, prompt=prompt,
-                  engine=engine or (self.engine if prompt is not None else None),
-                  prepare=prepare, model=model)
+                  engine=engine if prompt is not None else None, prepare=prepare, model=model)
         with self._lock:
+            if self.state == "stopped":
+                job.close()
+                raise self._not_ready()
             if self._waiting >= self._queue_size:
                 job.close()
                 raise self._busy()
@@ -263,6 +318,23 @@ class Worker:
                 self._runner.step()
         if self._runner is not None and self._running:
             self._runner.close()
+        self._refuse_leftovers(held)
+
+    def _refuse_leftovers(self, held) -> None:
+        """At shutdown: whatever is still queued gets its answer (503), never silence."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                held.append(item)
+        for item in held:
+            if isinstance(item, Switch):
+                item.finish(self._not_ready())
+            elif self._take(item):
+                item.put(self._not_ready())
+                item.close()
 
     def _wait_for_arrivals(self, held) -> bool:
         """Before the first step of newly admitted requests: while others are still on their
@@ -299,6 +371,9 @@ class Worker:
         model, waits until the running requests are done (they finish on the old model)."""
         while held:
             item = held[0]
+            if isinstance(item, Job) and item.withdrawn:   # answered already: skip it
+                held.popleft()
+                continue
             running = self._running > 0
             if isinstance(item, Switch):
                 if running:
@@ -312,12 +387,20 @@ class Worker:
             if running and not self._runner.free:
                 return
             held.popleft()
-            with self._lock:
-                self._waiting -= 1
-            self._admit(item)
+            if self._take(item):   # not withdrawn by its client meanwhile
+                self._admit(item)
+
+    def _take(self, job: Job) -> bool:
+        with self._lock:
+            if job.withdrawn:
+                return False
+            job.taken = True
+            self._waiting -= 1
+        return True
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
+            job.put(self._count(job, Finished("cancelled", 0, 0)))
             job.close()
             return
         if job.expired:
@@ -328,6 +411,7 @@ class Worker:
             if not self._ensure_model(job):
                 job.close()
                 return
+            job.served_model = self.model
             self._runner.admit(Sequence(job.prompt, job.params,
                                         lambda: job.cancelled or job.expired,
                                         lambda event: self._deliver(job, event)))
@@ -357,15 +441,19 @@ class Worker:
         job.close()
 
     def _next_item(self) -> Job | Switch | None:
-        """The next queued item; unloads the model first if it stays idle past keep-alive."""
+        """The next queued item; unloads the model first if it stays idle past keep-alive
+        (idle: nothing queued and no request on its way in)."""
         if self._keep_alive <= 0 or self.engine is None:
             return self._queue.get()
-        try:
-            return self._queue.get(timeout=self._keep_alive)
-        except queue.Empty:
-            log.info("idle for %gs: unloading %s", self._keep_alive, self.model)
-            self._unload(f"unloaded after {self._keep_alive:g}s idle")
-            return self._queue.get()
+        while True:
+            try:
+                return self._queue.get(timeout=self._keep_alive)
+            except queue.Empty:
+                if not (self._arriving or self._leases):
+                    break
+        log.info("idle for %gs: unloading %s", self._keep_alive, self.model)
+        self._unload(f"unloaded after {self._keep_alive:g}s idle")
+        return self._queue.get()
 
     def _load_model(self, model: str | None) -> None:
         """Load and warm `model`; on failure nothing is loaded and the error propagates."""
@@ -374,8 +462,10 @@ class Worker:
         self._set_state("loading", f"loading {model or 'the model'}", progress=0.0)
         t0 = time.monotonic()
         try:
-            self.engine = self._load(model, self._progress)
-            self._runner = runner_for(self.engine)
+            engine = self._load(model, self._progress)
+            with self._lock:
+                self.engine = engine
+            self._runner = runner_for(engine)
             if self._warmup:
                 self._set_state("warming", "warming up")
                 t1 = time.monotonic()
@@ -401,9 +491,15 @@ class Worker:
         self.reason = f"loading {self.model or 'the model'} ({fraction:.0%})"
 
     def _unload(self, reason: str | None = None) -> None:
-        """Free the engine and give its memory back to the OS; with a reason, the server
-        stays in the "unloaded" state (the next job loads the model again)."""
-        engine, self.engine = self.engine, None
+        """Free the engine and give its memory back to the OS, once no other thread holds
+        a lease on it (new leases are refused meanwhile); with a reason, the server stays in
+        the "unloaded" state (the next job loads the model again)."""
+        with self._lock:
+            self._draining = True
+            while self._leases:
+                self._drained.wait()
+            engine, self.engine = self.engine, None
+            self._draining = False   # no engine: leases are refused for that reason now
         if self._runner is not None:
             self._runner.close()
             self._runner = None
@@ -464,8 +560,9 @@ class Worker:
     def _count(self, job: Job, event: Finished) -> Finished | TimeoutError_:
         """Tally a finished job; one stopped by its deadline, not its client, is a timeout."""
         timed_out = event.finish_reason == "cancelled" and job.expired and not job.cancelled
-        self.stats["timeout" if timed_out else event.finish_reason] += 1
-        self.stats["tokens_generated"] += event.completion_tokens
+        with self._lock:   # withdraw() counts from HTTP threads
+            self.stats["timeout" if timed_out else event.finish_reason] += 1
+            self.stats["tokens_generated"] += event.completion_tokens
         if timed_out:
             return TimeoutError_(f"the request exceeded the {self.request_timeout:g}s timeout")
         return event
