@@ -174,3 +174,53 @@ def test_random_paths_do_not_create_route_labels(build):
     assert len(routes) <= 3, routes     # unmatched, /v1/models, /metrics (the scrape itself)
     methods = {dict(ls)["method"] for (n, ls) in m if n == "vlserve_requests_total"}
     assert "BREW" not in methods and "other" in methods
+
+
+def test_the_token_rate_is_bounded_whatever_the_rate():
+    """One counter per second of the window: 100k tokens (a GPU's minute) take no more room
+    than one, and the rate counts only the window."""
+    from vlserve.batch import RateWindow
+    now = [1000.0]
+    rate = RateWindow(10, clock=lambda: now[0])
+    size = (len(rate._counts), len(rate._seconds))
+    for i in range(100_000):
+        now[0] = 1000 + i / 5000          # 5000 tokens a second for 20 s
+        rate.add()
+    assert (len(rate._counts), len(rate._seconds)) == size == (10, 10)
+    assert rate.rate() == pytest.approx(5000, rel=0.01)
+    now[0] += 30                          # quiet since: nothing in the window
+    assert rate.rate() == 0
+
+
+def test_scrapes_beside_four_streams_all_succeed(tiny_model, tmp_path):
+    """/metrics in a tight loop while four streams decode (the rate was once a deque the
+    engine thread appended to while a scrape iterated it: 500s)."""
+    import threading
+
+    import requests
+
+    from conftest import LiveServer
+    server = LiveServer(tiny_model, "--no-warmup", "--metrics", "--parallel", "4",
+                        log_path=tmp_path / "server.log")
+    try:
+        statuses = []
+
+        def stream():
+            r = requests.post(server.url + CHAT, json={
+                "messages": [user("go on")], "max_tokens": 300, "temperature": 1,
+                "stream": True}, stream=True, timeout=120)
+            for _ in r.iter_lines():
+                pass
+
+        streams = [threading.Thread(target=stream) for _ in range(4)]
+        for t in streams:
+            t.start()
+        watcher = threading.Thread(target=lambda: [t.join() for t in streams] and None)
+        watcher.start()
+        session = requests.Session()
+        while watcher.is_alive() or not statuses:
+            statuses.append(session.get(server.url + "/metrics", timeout=10).status_code)
+        watcher.join()
+        assert len(statuses) > 20 and set(statuses) == {200}, statuses[:20]
+    finally:
+        server.stop()
