@@ -74,9 +74,40 @@ def test_what_changes_the_answer_changes_the_key(cached):
     assert ask(client, seed=5, temperature=0.9).headers["X-Cache"] == "hit"      # …is deterministic
 
 
-def test_random_sampling_is_never_cached(cached):
+@pytest.mark.parametrize("sampling", [{"temperature": 0.8}, {"temperature": 1, "seed": -1},
+                                      {"temperature": 1, "seed": -7}])
+def test_random_sampling_is_never_cached(cached, sampling):
+    """Unseeded, or a negative seed (random, as in llama.cpp): never replayed."""
     client, state = cached
     for _ in range(2):
-        r = ask(client, temperature=0.8)
+        r = ask(client, **sampling)
         assert r.status_code == 200 and "X-Cache" not in r.headers
     assert state["responses"].stats()["entries"] == 0
+
+
+def test_greedy_and_seeded_requests_are_kept(cached):
+    client, _ = cached
+    for sampling in ({"temperature": 0}, {"temperature": 0, "seed": -1},
+                     {"temperature": 1, "seed": 0}, {"temperature": 1, "seed": 123}):
+        assert ask(client, **sampling).headers["X-Cache"] == "miss", sampling
+        assert ask(client, **sampling).headers["X-Cache"] == "hit", sampling
+
+
+def test_kept_answers_are_readable_by_this_user_only(make_app, tmp_path):
+    """Folder 0700, every file 0600, whatever the umask — big answers included."""
+    import os
+    old = os.umask(0o022)
+    try:
+        folder = tmp_path / "responses"
+        app = make_app(response_cache_dir=str(folder))
+        client = app.test_client()
+        assert ask(client).headers["X-Cache"] == "miss"
+        app.extensions["vlserve"]["responses"].put("big", {"raw": "x" * 200_000})
+        assert ask(client).headers["X-Cache"] == "hit"
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {0o600}, \
+        {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert not [p for p in folder.rglob("*") if p.is_dir()]   # no value files in subfolders
