@@ -184,6 +184,14 @@ def test_malformed_json(client):
     assert_error(r, 400, "invalid_request_error", "JSON")
 
 
+@pytest.mark.parametrize("path", [CHAT, "/admin/models/load"])
+def test_json_nested_100000_deep_is_a_400_not_a_traceback(client, path):
+    for deep in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+        r = client.post(path, data=deep, content_type="application/json")
+        assert_error(r, 400, "invalid_request_error", "nested too deeply")
+    assert client.get("/health").status_code == 200
+
+
 def test_unknown_path_and_wrong_method_are_json(client):
     assert_error(client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(client.get(CHAT), 405, "method_not_allowed")

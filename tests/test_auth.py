@@ -154,3 +154,41 @@ def test_binding_to_the_lan_without_a_key_warns_loudly(caplog, monkeypatch):
 
 def test_the_api_document_is_public(client):
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_switching_the_model_by_naming_it_needs_the_admin_scope(tiny_model, tmp_path):
+    """A chat key that names another model on disk would switch it for everyone: 403 naming
+    the scope, and nothing changes; naming the loaded model (or a name not on disk) is fine;
+    a key with the admin scope switches."""
+    import requests
+
+    from conftest import make_model
+    make_model(tmp_path / "models" / "small", "small")
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"frontdesk:{CHAT_KEY}\nops:{ADMIN_KEY}:chat,admin\n")
+    server = LiveServer(tiny_model, "--no-warmup", "--api-key-file", str(keys),
+                        log_path=tmp_path / "server.log")
+
+    def ask(key, model):
+        return requests.post(server.url + "/v1/chat/completions", timeout=60,
+                             headers={"Authorization": f"Bearer {key}"},
+                             json={"model": model, "max_tokens": 2, "messages": [user("hi")]})
+
+    def loaded():
+        return requests.get(server.url + "/health", timeout=5).json()["model"]
+    try:
+        refused = ask(CHAT_KEY, "qwen3vl-small-f32")
+        assert refused.status_code == 403
+        error = refused.json()["error"]
+        assert error["code"] == "model_switch_forbidden" and error["param"] == "model"
+        assert "'admin' scope" in error["message"] and CHAT_KEY not in error["message"]
+        assert loaded() == "tiny"
+        assert ask(CHAT_KEY, "tiny").status_code == 200
+        assert ask(CHAT_KEY, "gpt-4o").status_code == 200    # not on disk: the loaded model
+        switched = ask(ADMIN_KEY, "qwen3vl-small-f32")
+        assert switched.status_code == 200 and switched.json()["model"] == "qwen3vl-small-f32"
+        assert loaded() == "qwen3vl-small-f32"
+        assert ask(CHAT_KEY, "qwen3vl-small-f32").status_code == 200   # now the loaded one
+        assert ask(CHAT_KEY, "tiny").status_code == 403
+    finally:
+        server.stop()

@@ -121,6 +121,17 @@ def presented_key() -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+def scopes() -> frozenset[str]:
+    """The scopes of this request's key; every scope when the server has no keys."""
+    granted = g.get("key_scopes")
+    return frozenset(SCOPES) if granted is None else granted
+
+
+def may(scope: str) -> bool:
+    """Whether this request may do what `scope` guards (beyond its route's own scope)."""
+    return scope in scopes()
+
+
 def required_scope() -> str | None:
     """The scope the matched route needs; None for open routes and CORS preflights."""
     if request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS:
@@ -134,6 +145,7 @@ def init_app(app: Flask, keys: KeyRing) -> None:
     @app.before_request
     def authenticate():
         g.key_name = None
+        g.key_scopes = None   # None: no keys configured, everything is allowed
         scope = required_scope()
         if not keys or scope is None:
             return
@@ -145,7 +157,7 @@ def init_app(app: Flask, keys: KeyRing) -> None:
                 if secret is None else "this API key is not valid")
             error.headers = {"WWW-Authenticate": 'Bearer realm="vlserve"'}
             raise error
-        g.key_name = key.name
+        g.key_name, g.key_scopes = key.name, key.scopes
         g.log["key"] = key.name   # an operator's label, never the key itself
         if scope not in key.scopes:
             raise PermissionDeniedError(
