@@ -126,9 +126,11 @@ class ServerProcess:
     """A server as a real process on a loopback port, its output in `log_path`; ready once
     `ready_path` answers 200."""
     ready_path = "/health"
+    verify: bool | str = True   # with --certfile: that certificate (requests' `verify`)
 
     def _start(self, cmd: list[str], log_path: Path) -> None:
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.verify is True else "https"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -141,7 +143,8 @@ class ServerProcess:
         while time.monotonic() < end:
             assert self.proc.poll() is None, self.log()
             try:
-                if requests.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                if requests.get(self.url + self.ready_path, timeout=1,
+                                verify=self.verify).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
@@ -168,6 +171,8 @@ class LiveServer(ServerProcess):
                  port: int | None = None):
         """`tiny_model` None: no local model (a pure gateway; `extra` names upstreams)."""
         self.port = port or free_port()
+        if "--certfile" in extra:   # HTTPS, trusting the server's own certificate
+            self.verify = extra[extra.index("--certfile") + 1]
         models_dir = log_path.parent / "models"  # empty unless a test puts models there
         models_dir.mkdir(exist_ok=True)
         local = []

@@ -120,3 +120,38 @@ def test_health_and_models_answer_at_once_after_many_walk_aways(server):
     t0 = time.monotonic()
     assert requests.get(server.url + "/v1/models", timeout=5).status_code == 200
     assert time.monotonic() - t0 < 1
+
+
+def test_a_tls_client_that_leaves_is_noticed_too(tiny_model, tmp_path):
+    """Over HTTPS the socket cannot be peeked at: the server asks the kernel whether the
+    peer hung up. A finished answer is a 200; a client that leaves frees its sequence."""
+    import ssl
+
+    from conftest import self_signed_certificate
+    cert, key = self_signed_certificate(tmp_path, cn="127.0.0.1", san="IP:127.0.0.1")
+    server = LiveServer(tiny_model, "--no-warmup", "--parallel", "1", "--certfile", cert,
+                        "--keyfile", key, log_path=tmp_path / "server.log")
+    context = ssl.create_default_context(cafile=cert)
+
+    def tls_request(body: dict) -> ssl.SSLSocket:
+        data = json.dumps(body).encode()
+        sock = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port), 10),
+                                   server_hostname="127.0.0.1")
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\n"
+                     + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        return sock
+
+    def busy() -> int:
+        return requests.get(server.url + "/health", timeout=5, verify=cert
+                            ).json()["cache"]["sequences"]["busy"]
+    try:
+        done = tls_request({"messages": [user("hi")], "max_tokens": 3})
+        assert done.recv(12).startswith(b"HTTP/1.1 200")
+        done.close()
+        leaving = tls_request(long_body())
+        wait_until(lambda: busy() == 1, 10, "the request is running")
+        leaving.close()
+        wait_until(lambda: busy() == 0, WITHIN, "the walk-away's sequence freed")
+    finally:
+        server.stop()

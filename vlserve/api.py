@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -382,15 +383,28 @@ def _fit(req: ChatRequest, engine, images, reserve: int) -> Fit:
 
 
 def _client_gone() -> bool:
-    """True when the peer closed its socket (checked while a non-streaming job waits)."""
+    """True when the peer closed its connection (checked while a request waits for its
+    answer). Asks the kernel whether the peer hung up (POLLRDHUP) rather than reading: a TLS
+    socket cannot be peeked at, and a client sends nothing else while it waits."""
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     if sock is None:
         return False
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
+        fd = sock.fileno()
     except (OSError, ValueError):
+        return True        # closed already
+    if fd < 0:
+        return True
+    if hasattr(select, "POLLRDHUP"):   # Linux
+        poller = select.poll()
+        poller.register(fd, select.POLLRDHUP)
+        return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _, mask in poller.poll(0))
+    try:               # elsewhere: a plain socket that reads as EOF has been closed
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, ValueError):   # no data; or TLS: unknown
+        return False
+    except OSError:
         return True
 
 
