@@ -61,7 +61,10 @@ class Origins:
                             "with no path", entry)
 
     def allows(self, origin: str | None) -> bool:
-        return bool(origin) and (self.any or origin.lower() in self.exact)
+        """`null` (a sandboxed frame, a local file) never matches, not even "*"."""
+        if not origin or origin == "null":
+            return False
+        return self.any or origin.lower() in self.exact
 
 
 def in_scope(path: str) -> bool:
