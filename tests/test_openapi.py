@@ -397,7 +397,8 @@ def test_admin_routes_match(api):
     check_response("/admin/models/load", "POST",
                    api.post("/admin/models/load", json={"model": "nope"}), expect=404)
     check_response("/admin/models/load", "POST",
-                   api.post("/admin/models/load", data=b"[]"), expect=400)
+                   api.post("/admin/models/load", data=b"[]", content_type="application/json"),
+                   expect=400)
     check_response("/admin/models/load", "POST",
                    api.post("/admin/models/load", json={"model": 3}), expect=400)
 

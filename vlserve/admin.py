@@ -24,7 +24,7 @@ def _worker() -> Worker:
 
 
 def _body() -> dict:
-    body = request.get_json(force=True, silent=True)
+    body = request.get_json(silent=True)   # JSON only: origin.py answers others 415
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     return body

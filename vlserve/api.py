@@ -325,7 +325,7 @@ class Reply:
 
 def _json_body():
     try:
-        return request.get_json(force=True)
+        return request.get_json()   # JSON only: origin.py answers other types 415
     except BadRequest:
         raise InvalidRequestError("the request body is not valid JSON") from None
 
