@@ -100,8 +100,9 @@ def test_another_origin_is_refused(make_app):
         assert err["type"] == "permission_error" and err["code"] == "cors_origin_not_allowed"
         assert "access-control-allow-origin" not in cors_headers(r)
         actual = client.get("/v1/models", headers={"Origin": origin})
-        assert actual.status_code == 200    # not a browser's call: the server answers…
-        assert cors_headers(actual) == {}   # …but a browser keeps the page from reading it
+        assert actual.status_code == 403    # refused before it runs (vlserve/origin.py)…
+        assert actual.get_json()["error"]["code"] == "origin_not_allowed"
+        assert cors_headers(actual) == {}   # …and the page may not even read why
         assert "origin" in vary(actual)
 
 

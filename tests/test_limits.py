@@ -259,7 +259,8 @@ def test_a_stream_closed_before_its_first_chunk_frees_its_slot(make_app):
 def test_failed_requests_free_their_slot(make_app):
     client = make_app(max_streams=1).test_client()
     for body in ({"messages": []}, {"messages": "nope"}, b"{not json"):
-        r = (client.post(CHAT, data=body) if isinstance(body, bytes)
+        r = (client.post(CHAT, data=body, content_type="application/json")
+             if isinstance(body, bytes)
              else client.post(CHAT, json=body))
         assert r.status_code == 400
     assert client.post(CHAT, json=BODY).status_code == 200

@@ -397,7 +397,8 @@ def test_admin_routes_match(api):
     check_response("/admin/models/load", "POST",
                    api.post("/admin/models/load", json={"model": "nope"}), expect=404)
     check_response("/admin/models/load", "POST",
-                   api.post("/admin/models/load", data=b"[]"), expect=400)
+                   api.post("/admin/models/load", data=b"[]", content_type="application/json"),
+                   expect=400)
     check_response("/admin/models/load", "POST",
                    api.post("/admin/models/load", json={"model": 3}), expect=400)
 
@@ -420,6 +421,21 @@ def test_metrics_matches_on_or_off(make_app):
         response = api.get("/metrics")
         assert response.status_code in ((200, 404) if enabled else (404,))
         check_response("/metrics", "GET", response)
+
+
+def test_browser_guard_refusals_match(api):
+    """vlserve/origin.py: a form body (415), another site's page and a foreign Host (403)."""
+    body = json.dumps({"messages": [user("hi")], "max_tokens": 2})
+    for path, data in (("/v1/chat/completions", body), ("/admin/models/load", '{"model": 1}'),
+                       ("/admin/models/unload", "")):
+        check_response(path, "POST", api.post(path, data=data, content_type="text/plain"),
+                       expect=415)
+        check_response(path, "POST", api.post(path, data=data, content_type="application/json",
+                                              headers={"Origin": "https://evil.example"}),
+                       expect=403)
+    for path in ("/health", "/openapi.json", "/v1/models"):
+        check_response(path, "GET", api.get(path, headers={"Host": "evil.example"}),
+                       expect=403)
 
 
 KEY_FILE = "chatter:chat-key-0123:chat\nops:admin-key-0123:admin\n"

@@ -46,7 +46,8 @@ def one_request(server, key: str, kind: str, n: int) -> int:
     if kind == "valid":
         body = {"messages": [user(("img", data_url()), text)], "max_tokens": 3}
     elif kind == "malformed":
-        return requests.post(url, data=b"{not json", headers=headers, timeout=30).status_code
+        return requests.post(url, data=b"{not json", timeout=30, headers={
+            **headers, "Content-Type": "application/json"}).status_code
     elif kind == "oversized":
         body = {"messages": [user(text + "x" * (2 * 2**20))]}
     elif kind == "bad_image":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import queue
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, stream_with_context
 
 from .app import json_body
 from .errors import InvalidRequestError, NotFoundError, TimeoutError_

@@ -19,18 +19,19 @@ from .images import ImageCache
 from .library import Library, LocalModel
 from .respcache import ResponseCache
 from .errors import (APIError, InternalError, InvalidRequestError, MethodNotAllowedError,
-                     NotFoundError, PayloadTooLargeError)
+                     NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError)
 from .worker import Worker
 
 log = logging.getLogger("vlserve.access")
 
-HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLargeError}
+HTTP_ERRORS = {404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLargeError,
+               415: UnsupportedMediaTypeError}
 
 
 def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     """Build the app. With `engine` given (tests), it is served as is; otherwise the worker
     loads the model from `settings` on its own thread so /health answers meanwhile."""
-    from . import admin, api, audit, auth, cors, limits, metrics, openapi, webui
+    from . import admin, api, audit, auth, cors, limits, metrics, openapi, origin, webui
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
@@ -53,6 +54,7 @@ def create_app(settings: Settings, engine=None, *, start: bool = True) -> Flask:
     app.register_blueprint(webui.bp)
     app.register_blueprint(openapi.bp)
     _register_logging(app)   # first: the auth check below already logs the key's name
+    origin.init_app(app, settings)   # before auth and limits: a foreign page spends nothing
     auth.init_app(app, auth.load_keys(settings.api_keys, settings.api_key_file))
     limits.init_app(app, settings)
     cors.init_app(app, settings)
@@ -119,8 +121,8 @@ def _loader(settings: Settings, library: Library):
 def json_body(*, must_be_object: bool = False):
     """The request's JSON body, or a 400 that says why: not JSON, nested deeper than the
     parser's recursion allows (a 100,000-deep array is not a traceback), or not an object."""
-    try:
-        body = request.get_json(force=True)
+    try:   # JSON only (origin.py answers other types 415); no body at all is no JSON
+        body = request.get_json() if request.get_data(cache=True) else None
     except BadRequest:
         raise InvalidRequestError("the request body is not valid JSON") from None
     except RecursionError:   # json's decoder recurses once per nesting level

@@ -159,6 +159,11 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
 @option("--cors-origin", "cors_origins", multiple=True,
         help="A browser origin (e.g. https://intranet.example) allowed to call the API from "
              "its pages. Repeatable. Default: none (CORS off).")
+@option("--allowed-host", "allowed_hosts", multiple=True,
+        help="A Host name the server answers besides localhost, 127.0.0.1 and [::1], e.g. "
+             "mybox.lan or '*.lan.example' (repeatable; '*' = any). Bound to loopback, other "
+             "names are refused (DNS rebinding); bound elsewhere, any Host is answered "
+             "unless this is given.")
 @option("--metrics", is_flag=True,
         help="Serve Prometheus metrics at /metrics (needs the 'metrics' scope when keys are "
              "set).")
@@ -237,6 +242,12 @@ def settings_from_options(opts: dict) -> Settings:
         raise click.UsageError("--certfile and --keyfile go together")
     opts["cors_origins"] = tuple(o.rstrip("/") for o in opts["cors_origins"])
     opts["remote_image_hosts"] = tuple(opts["remote_image_hosts"])
+    opts["allowed_hosts"] = tuple(opts["allowed_hosts"])
+    from .origin import HostPolicy
+    try:
+        HostPolicy(opts["host"], opts["allowed_hosts"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allowed-host") from None
     try:
         RemotePolicy(hosts=opts["remote_image_hosts"])
     except ValueError as exc:

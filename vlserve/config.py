@@ -55,6 +55,7 @@ class Settings:
     rate_limit: int = 0               # chat requests per minute per key (or client); 0 = off
     max_streams: int = 0              # concurrent chat requests per key (or client); 0 = off
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; () = none
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback ones (origin.py)
     metrics: bool = False             # serve Prometheus metrics at /metrics
     audit_log: str | None = None      # JSON-lines audit file; None = no audit log
     audit_max_mb: float = 100         # rotate the audit file at this size…

@@ -6,6 +6,9 @@ same-origin and needs none). On, an allowed origin's preflight is approved and i
 responses are readable, errors and streams included, so its page can show the
 OpenAI-shaped error and honour Retry-After.
 
+A request from an origin not allowed here (other than the server's own) is refused before
+it runs, by origin.py; this module decides what an allowed origin's page may send and read.
+
 Origins match exactly, scheme://host[:port] as browsers send them. A literal "*" entry
 allows every origin: discouraged, since any page a user happens to open may then use the
 server from their browser and read the answers (with no key set, that is any page at all
@@ -61,7 +64,10 @@ class Origins:
                             "with no path", entry)
 
     def allows(self, origin: str | None) -> bool:
-        return bool(origin) and (self.any or origin.lower() in self.exact)
+        """`null` (a sandboxed frame, a local file) never matches, not even "*"."""
+        if not origin or origin == "null":
+            return False
+        return self.any or origin.lower() in self.exact
 
 
 def in_scope(path: str) -> bool:

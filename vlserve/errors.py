@@ -63,6 +63,13 @@ class PayloadTooLargeError(APIError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(APIError):
+    """A body that is not JSON (a form, text/plain): the API reads JSON only."""
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class ServiceUnavailableError(APIError):
     """Busy (queue full) or not ready (loading): the client may retry later."""
     status = 503

@@ -85,12 +85,19 @@ ERROR_RESPONSES = {
     401: ("Unauthorized", "API keys are configured and none (or an unknown one) was sent."),
     403: ("Forbidden", (
           "The key is valid but lacks the scope this endpoint needs (code "
-          "`insufficient_scope`).")),
+          "`insufficient_scope`); or a browser request from another web origin than this "
+          "server's own or a `--cors-origin` (code `origin_not_allowed`); or a `Host` that "
+          "is not a name of this server (code `host_not_allowed`: loopback names only on a "
+          "loopback bind, plus `--allowed-host`).")),
     404: ("NotFound",
           "No such route, or the model named is not on this server (code `model_not_found`)."),
     413: ("PayloadTooLarge", (
           "The body exceeds the server's body limit (`--max-body-mb`), or an image exceeds "
           "the image size limit (code `payload_too_large`).")),
+    415: ("UnsupportedMediaType", (
+          "The body is not JSON: the API reads `application/json` (or `application/*+json`) "
+          "only, never a form or `text/plain` (code `unsupported_media_type`). A POST "
+          "without a body needs no Content-Type.")),
     429: ("TooManyRequests", (
           "Over the per-key (or per-client) rate limit (`--rate-limit`, code "
           "`rate_limit_exceeded`) or concurrent-request limit (`--max-streams`, code "
@@ -440,7 +447,7 @@ def _sse_event(payload: dict, *, done: bool, description: str) -> dict:
 # ---- paths ------------------------------------------------------------------------------------
 
 def _paths() -> dict:
-    chat_errors = _errors(400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
+    chat_errors = _errors(400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504)
     return {
         "/v1/chat/completions": {"post": {
             "operationId": "createChatCompletion", "tags": ["OpenAI"],
@@ -494,7 +501,8 @@ def _paths() -> dict:
                 "200": _json(_ref("Health"), "Ready (`ok`), or `unloaded`: idle, the next "
                                              "request loads the model."),
                 "503": _json(_ref("Health"), "Loading, warming up or failed; `reason` says "
-                                             "why.", RETRY_AFTER)}}},
+                                             "why.", RETRY_AFTER),
+                **_errors(403)}}},
         "/admin/models/load": {"post": {
             "operationId": "loadModel", "tags": ["Admin"],
             "summary": "Switch to another model on disk (after the queued requests)",
@@ -504,13 +512,13 @@ def _paths() -> dict:
             "responses": {
                 "200": _json(_ref("LoadResult"), "Loaded (or it already was)."),
                 "202": _json(_ref("LoadResult"), "Queued (`wait: false`)."),
-                **_errors(400, 401, 403, 404, 500, 503, 504)}}},
+                **_errors(400, 401, 403, 404, 415, 500, 503, 504)}}},
         "/admin/models/unload": {"post": {
             "operationId": "unloadModel", "tags": ["Admin"],
             "summary": "Free the model's memory; the next chat request loads it again",
             "security": _secured("admin"),
             "responses": {"200": _json(_ref("UnloadResult"), "Unloaded."),
-                          **_errors(401, 403, 503, 504)}}},
+                          **_errors(401, 403, 415, 503, 504)}}},
         "/admin/models/events": {"get": {
             "operationId": "modelEvents", "tags": ["Admin"],
             "summary": "Server-sent events: the current state, then state changes and load "
@@ -535,7 +543,8 @@ def _paths() -> dict:
             "operationId": "openapi", "tags": ["Server"], "security": [],
             "summary": "This document (open even when API keys are set)",
             "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]},
-                                       "The OpenAPI 3.1 document.")}}},
+                                       "The OpenAPI 3.1 document."),
+                          **_errors(403)}}},
     }
 
 
@@ -557,7 +566,9 @@ def _document() -> dict:
                            "started with `--api-key` or `--api-key-file`; a key's scopes ("
                            + ", ".join(SCOPES) + ") decide which endpoints it may use. "
                            "CORS preflights (OPTIONS) are answered for the origins given "
-                           "with `--cors-origin`.",
+                           "with `--cors-origin`. Request bodies are JSON only (415 "
+                           "otherwise); a browser request from another web origin, or one "
+                           "naming a host this server does not answer to, is refused (403).",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "servers": [{"url": "/", "description": "This server"}],

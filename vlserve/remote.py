@@ -79,23 +79,24 @@ class RemotePolicy:
         return False
 
 
-def normalize_pattern(entry: str) -> str:
-    """An allowlist entry in canonical form; ValueError says what is wrong with it."""
+def normalize_pattern(entry: str, what: str = "remote image host") -> str:
+    """An allowlist entry (`what`: for messages) in canonical form; ValueError says what
+    is wrong with it."""
     if not isinstance(entry, str) or not entry.strip():
-        raise ValueError("empty remote image host")
+        raise ValueError(f"empty {what}")
     text = entry.strip()
     if "://" in text or "/" in text or "@" in text:
-        raise ValueError(f"remote image host {text!r}: give a host name, not a URL")
+        raise ValueError(f"{what} {text!r}: give a host name, not a URL")
     if text.startswith("*."):
         rest = _normalize_host(text[2:])
         if rest is None or _is_ip(rest):
-            raise ValueError(f"remote image host pattern {text!r} is not '*.' and a domain")
+            raise ValueError(f"{what} pattern {text!r} is not '*.' and a domain")
         return "*." + rest
     if "*" in text:
-        raise ValueError(f"remote image host {text!r}: '*' is only allowed as a leading '*.'")
+        raise ValueError(f"{what} {text!r}: '*' is only allowed as a leading '*.'")
     host = _normalize_host(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
     if host is None:
-        raise ValueError(f"remote image host {text!r} is not a valid host name or IP address")
+        raise ValueError(f"{what} {text!r} is not a valid host name or IP address")
     return host
 
 
