@@ -42,7 +42,7 @@ from flask import Flask, current_app, g, request
 from .config import Settings
 from .cors import API_PREFIXES, ORIGIN_SHAPE
 from .errors import APIError, UnsupportedMediaTypeError
-from .remote import _is_ip, _normalize_host, normalize_pattern   # the same host syntax
+from .remote import is_ip, normalize_host, normalize_pattern   # the same host syntax
 
 GUARDED_PATHS = {"/metrics"}   # besides API_PREFIXES: a GET that tells more than /health
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -82,7 +82,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         return None
     if not parts.hostname or parts.username is not None or parts.path or parts.query:
         return None
-    name = _normalize_host(parts.hostname)
+    name = normalize_host(parts.hostname)
     return (name, port) if name else None
 
 
@@ -116,9 +116,9 @@ class HostPolicy:
         if parsed is None:
             return False
         name = parsed[0]
-        if _loopback_name(name) or (not self.loopback and _is_ip(name)):
+        if _loopback_name(name) or (not self.loopback and is_ip(name)):
             return True
-        return any(name == p or (p.startswith("*.") and not _is_ip(name)
+        return any(name == p or (p.startswith("*.") and not is_ip(name)
                                  and name.endswith(p[1:])) for p in self.patterns)
 
 

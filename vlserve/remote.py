@@ -69,10 +69,10 @@ class RemotePolicy:
         return bool(self.hosts)
 
     def allows(self, host: str) -> bool:
-        """`host` is already normalised (see `_normalize_host`)."""
+        """`host` is already normalised (see `normalize_host`)."""
         for pattern in self.hosts:
             if pattern.startswith("*."):
-                if not _is_ip(host) and host.endswith(pattern[1:]):
+                if not is_ip(host) and host.endswith(pattern[1:]):
                     return True
             elif host == pattern:
                 return True
@@ -88,19 +88,19 @@ def normalize_pattern(entry: str, what: str = "remote image host") -> str:
     if "://" in text or "/" in text or "@" in text:
         raise ValueError(f"{what} {text!r}: give a host name, not a URL")
     if text.startswith("*."):
-        rest = _normalize_host(text[2:])
-        if rest is None or _is_ip(rest):
+        rest = normalize_host(text[2:])
+        if rest is None or is_ip(rest):
             raise ValueError(f"{what} pattern {text!r} is not '*.' and a domain")
         return "*." + rest
     if "*" in text:
         raise ValueError(f"{what} {text!r}: '*' is only allowed as a leading '*.'")
-    host = _normalize_host(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+    host = normalize_host(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
     if host is None:
         raise ValueError(f"{what} {text!r} is not a valid host name or IP address")
     return host
 
 
-def _normalize_host(host: str) -> str | None:
+def normalize_host(host: str) -> str | None:
     """Lower case, IDNA (punycode), no trailing dot; canonical text for IP literals; None if
     it is neither a plausible DNS name nor an IP address."""
     try:
@@ -120,7 +120,7 @@ def _normalize_host(host: str) -> str | None:
     return host
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
         return True
@@ -174,7 +174,7 @@ def _parse(url: str, policy: RemotePolicy, param: str | None) -> _Target:
     if "@" in parts.netloc or parts.username is not None or parts.password is not None:
         refuse("remote image URLs with user info ('user@host') are refused")
     raw_host = parts.hostname or ""
-    host = _normalize_host(raw_host)
+    host = normalize_host(raw_host)
     if host is None:
         refuse("remote image URL has no valid host")
     if not policy.allows(host):
@@ -268,7 +268,7 @@ def _redirect(current: _Target, location: str, policy: RemotePolicy, param) -> _
         raise ImageError(f"remote image host '{current.host}' redirected from https to "
                          f"{scheme[:16]}: refused", param=param)
     try:
-        host = _normalize_host(urlsplit(new_url).hostname or "")
+        host = normalize_host(urlsplit(new_url).hostname or "")
     except ValueError:
         host = None
     if host != current.host:
@@ -375,7 +375,7 @@ def _printable(text: str | None) -> str:
 
 def _resolve(t: _Target, policy: RemotePolicy, param, dog: _Watchdog) -> list[tuple]:
     """Vetted (family, sockaddr) pairs for the target: every address or none."""
-    if _is_ip(t.host):
+    if is_ip(t.host):
         ip = ipaddress.ip_address(t.host)
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         infos = [(family, (t.host, t.port) if ip.version == 4 else (t.host, t.port, 0, 0))]
