@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import data_url, user
-from vlserve import metrics
+from vlserve import config, metrics
 
 CHAT = "/v1/chat/completions"
 METRICS_KEY, CHAT_KEY = "metrics-secret-1", "chat-secret-22"
@@ -97,7 +97,8 @@ def test_batching_steps_and_sequences_are_counted(build):
     assert moved("vlserve_decode_steps_total") == 1 + 5
     assert moved("vlserve_decode_step_tokens_total") == prompt + 5
     assert moved("vlserve_decode_step_sequences_total") == 6
-    assert value(after, "vlserve_parallel_sequences") == 1    # the session engine's
+    # the session engine's: Settings' default, as `vlserve serve` would run
+    assert value(after, "vlserve_parallel_sequences") == config.auto_parallel()
     assert value(after, "vlserve_busy_sequences") == 0
     assert value(after, "vlserve_aggregate_tokens_per_second") >= 6 / 10
 

@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import catalog
-from .config import DEFAULT_CTX, Settings
+from .config import Settings
 from .images import ImageCache
 from .library import Library, LocalModel
 from .respcache import ResponseCache
@@ -111,8 +111,8 @@ def _loader(settings: Settings, library: Library):
         if model is None:
             raise EngineLoadError(f"model {model_id!r} is not in {library.models_dir}")
         n_ctx = settings.n_ctx
-        if n_ctx is None:
-            n_ctx = model.entry.ctx if model.entry else DEFAULT_CTX
+        if n_ctx is None and model.entry:
+            n_ctx = model.entry.ctx   # the catalog's suggestion; else config.DEFAULT_CTX
         return LlamaEngine(settings.replace(model=str(model.model), mmproj=str(model.mmproj),
                                             model_alias=model.id, n_ctx=n_ctx), progress)
     return load

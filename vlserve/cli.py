@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .config import Settings, default_threads
+from .config import Settings, auto_parallel, default
 from .images import ImageLimits
 from .options import option
 from .remote import RemotePolicy
@@ -51,17 +51,12 @@ class AutoOrCount(click.ParamType):
         return n
 
 
-def _auto_parallel() -> int:
-    """4 sequences when llama.cpp can offload to a GPU (batching is nearly free there),
-    2 on a CPU (memory for the KV of each)."""
-    import llama_cpp
-    return 4 if llama_cpp.llama_supports_gpu_offload() else 2
-
-
 # None: as many layers as fit in free GPU memory (decided when the model loads)
 GPU_LAYERS = AutoOrCount("layers", -1, 1_000_000, lambda: None,
                          "use -1 for all layers, 0 for none")
-PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequences")
+MiB = 1024 * 1024
+IMAGE_LIMITS = ImageLimits()   # the defaults of the image options
+PARALLEL = AutoOrCount("sequences", 1, 64, auto_parallel, "use 1 to 64 sequences")
 
 
 @main.command()
@@ -73,17 +68,17 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
         help="Vision projector GGUF (default: the mmproj next to --model, paired by name).")
 @option("--quant", help="Catalog quant to prefer, e.g. Q4_K_M, Q8_0, F16 (default: the "
         "catalog's, Q4_K_M).")
-@option("--models-dir", type=click.Path(file_okay=False), default="models",
+@option("--models-dir", type=click.Path(file_okay=False), default=default("models_dir"),
         help="Where downloaded and dropped-in models live (each GGUF next to its mmproj).")
 @option("--alias", "model_alias", help="Model id shown in /v1/models (default: file name).")
 @option("--demo", is_flag=True, help="Serve the generated tiny random-weight model.")
-@option("--keep-alive", type=click.FloatRange(0), default=0.0,
+@option("--keep-alive", type=click.FloatRange(0), default=default("keep_alive"),
         help="Unload the model after this many idle seconds (0 = never); the next request "
              "loads it again.")
-@option("--switch-on-request/--no-switch-on-request", default=True,
+@option("--switch-on-request/--no-switch-on-request", default=default("switch_on_request"),
         help="A request whose 'model' names another model on disk loads it (as Ollama does); "
              "otherwise only POST /admin/models/load switches.")
-@option("--host", default="127.0.0.1", help="Address to bind (0.0.0.0 exposes it on the LAN).")
+@option("--host", default=default("host"), help="Address to bind (0.0.0.0 exposes it on the LAN).")
 @option("--api-key", "api_keys", multiple=True,
         help="Require this key ('Authorization: Bearer KEY' or 'x-api-key') for the API; it "
              "may do everything. Repeatable; the variable takes several, space-separated. "
@@ -91,8 +86,8 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
 @option("--api-key-file", type=click.Path(dir_okay=False, exists=True),
         help="Keys with names and scopes, one 'NAME:KEY[:SCOPES]' per line; scopes from "
              "chat,admin,metrics (default chat).")
-@option("--port", type=click.IntRange(1, 65535), default=7860, help="Port to listen on.")
-@option("--ctx-size", "n_ctx", type=click.IntRange(0), default=None,
+@option("--port", type=click.IntRange(1, 65535), default=default("port"), help="Port to listen on.")
+@option("--ctx-size", "n_ctx", type=click.IntRange(0), default=default("n_ctx"),
         help="Context length in tokens (0 = the model's training length). Default: the "
              "catalog's for the model, else 8192.")
 @option("--n-gpu-layers", type=GPU_LAYERS, default="auto",
@@ -102,58 +97,58 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
         help="Requests decoded together, each in its own sequence with the whole --ctx-size "
              "(KV memory grows with it): auto (4 with a GPU, 2 on a CPU) or a number. More "
              "wait in the queue (--queue-size).")
-@option("--kv-unified/--no-kv-unified", default=True,
+@option("--kv-unified/--no-kv-unified", default=default("kv_unified"),
         help="One KV buffer shared by the sequences (prefixes copied between them for free; "
              "a lone request decodes as fast as with --parallel 1) or one stream each "
              "(docs/benchmarks.md has both measured).")
-@option("--threads", type=click.IntRange(1), default=default_threads(),
+@option("--threads", type=click.IntRange(1), default=default("threads"),
         help="CPU threads for generation.")
-@option("--threads-batch", type=click.IntRange(1), default=None,
+@option("--threads-batch", type=click.IntRange(1), default=default("threads_batch"),
         help="CPU threads for prompt processing (default: --threads).")
-@option("--batch-size", "n_batch", type=click.IntRange(32), default=2048,
+@option("--batch-size", "n_batch", type=click.IntRange(32), default=default("n_batch"),
         help="Logical batch size for prompt processing.")
-@option("--ubatch-size", "n_ubatch", type=click.IntRange(32), default=512,
+@option("--ubatch-size", "n_ubatch", type=click.IntRange(32), default=default("n_ubatch"),
         help="Physical micro-batch size.")
-@option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto",
+@option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default=default("flash_attn"),
         help="Flash attention.")
-@option("--image-min-tokens", type=click.IntRange(0), default=0,
+@option("--image-min-tokens", type=click.IntRange(0), default=default("image_min_tokens"),
         help="Minimum tokens per image (0 = projector default).")
-@option("--image-max-tokens", type=click.IntRange(0), default=0,
+@option("--image-max-tokens", type=click.IntRange(0), default=default("image_max_tokens"),
         help="Maximum tokens per image (0 = projector default).")
-@option("--image-cache-mb", type=click.IntRange(0), default=512,
+@option("--image-cache-mb", type=click.IntRange(0), default=default("image_cache_mb"),
         help="Memory for recent image embeddings, so an image already seen is not encoded "
              "again (0 = off).")
 @option("--no-repack", is_flag=True,
         help="Disable CPU weight repacking (needed for quantized models on some virtual CPUs).")
 @option("--no-warmup", is_flag=True, help="Skip the warm-up requests at start.")
-@option("--seed", type=int, default=-1, help="Default sampling seed (-1 = random).")
-@option("--queue-size", type=click.IntRange(1), default=8,
+@option("--seed", type=int, default=default("seed"), help="Default sampling seed (-1 = random).")
+@option("--queue-size", type=click.IntRange(1), default=default("queue_size"),
         help="Requests allowed to wait for the engine before answering 503.")
-@option("--timeout", "request_timeout", type=click.FloatRange(1), default=600.0,
+@option("--timeout", "request_timeout", type=click.FloatRange(1), default=default("request_timeout"),
         help="Seconds a request may take from arrival to its last token.")
-@option("--max-body-mb", type=click.FloatRange(0.01), default=64.0,
+@option("--max-body-mb", type=click.FloatRange(0.01), default=default("max_body_bytes") / MiB,
         help="Largest request body in MiB (413 beyond).")
-@option("--max-images", type=click.IntRange(0), default=32,
+@option("--max-images", type=click.IntRange(0), default=IMAGE_LIMITS.max_images,
         help="Images per request, the conversation's earlier turns included.")
-@option("--max-image-mb", type=click.FloatRange(0.01), default=20.0,
+@option("--max-image-mb", type=click.FloatRange(0.01), default=IMAGE_LIMITS.max_bytes / MiB,
         help="Largest decoded image file in MiB.")
-@option("--max-image-pixels", type=click.IntRange(1), default=50_000_000,
+@option("--max-image-pixels", type=click.IntRange(1), default=IMAGE_LIMITS.max_pixels,
         help="Largest image in pixels (decompression-bomb guard).")
-@option("--image-max-side", type=click.IntRange(16), default=1024,
+@option("--image-max-side", type=click.IntRange(16), default=IMAGE_LIMITS.max_long_side,
         help="Images are resized so their long side is at most this.")
-@option("--image-max-short-side", type=click.IntRange(16), default=768,
+@option("--image-max-short-side", type=click.IntRange(16), default=IMAGE_LIMITS.max_short_side,
         help="…and their short side at most this.")
-@option("--decoded-image-cache-mb", type=click.IntRange(0), default=128,
+@option("--decoded-image-cache-mb", type=click.IntRange(0), default=default("decoded_image_cache_mb"),
         help="Memory for decoded uploads, so images a client resends each turn are not "
              "decoded again (0 = off).")
-@option("--max-tokens-cap", type=click.IntRange(0), default=0,
+@option("--max-tokens-cap", type=click.IntRange(0), default=default("max_tokens_cap"),
         help="Largest max_tokens a client may ask for (0 = the context size).")
-@option("--http-threads", type=click.IntRange(1), default=16,
+@option("--http-threads", type=click.IntRange(1), default=default("http_threads"),
         help="HTTP threads (concurrent connections, streams included).")
-@option("--rate-limit", type=click.IntRange(0), default=0,
+@option("--rate-limit", type=click.IntRange(0), default=default("rate_limit"),
         help="Chat requests per minute per API key (per client address without keys); "
              "beyond it 429 with Retry-After. 0 = no limit.")
-@option("--max-streams", type=click.IntRange(0), default=0,
+@option("--max-streams", type=click.IntRange(0), default=default("max_streams"),
         help="Chat requests one key (or client) may have running or queued at once; "
              "beyond it 429. 0 = no limit.")
 @option("--cors-origin", "cors_origins", multiple=True,
@@ -170,9 +165,9 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
 @option("--audit-log", type=click.Path(dir_okay=False),
         help="Append one JSON line per request to this file (key name, client, model, image "
              "SHA-256s and sizes, token counts, timings, status; never content).")
-@option("--audit-max-mb", type=click.FloatRange(0.01), default=100.0,
+@option("--audit-max-mb", type=click.FloatRange(0.01), default=default("audit_max_mb"),
         help="Rotate the audit log at this size.")
-@option("--audit-backups", type=click.IntRange(1), default=10,
+@option("--audit-backups", type=click.IntRange(1), default=default("audit_backups"),
         help="Rotated audit files to keep.")
 @option("--log-content", is_flag=True,
         help="Also write prompts and answers to the audit log (off by default: privacy).")
@@ -181,12 +176,12 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
              "'*.example.com'). Off by default: images must be data: URLs.")
 @option("--remote-images-allow-private", is_flag=True,
         help="Let allowed hosts resolve to private/loopback/link-local addresses (LAN cameras).")
-@option("--remote-image-timeout", type=click.FloatRange(0.1), default=10.0,
+@option("--remote-image-timeout", type=click.FloatRange(0.1), default=default("remote_image_timeout"),
         help="Seconds for fetching one remote image, redirects included.")
 @option("--response-cache-dir", type=click.Path(file_okay=False),
         help="Keep answers to deterministic requests (temperature 0 or a fixed seed) in this "
              "folder and answer repeats from it (X-Cache: hit). Default: off.")
-@option("--response-cache-mb", type=click.FloatRange(1), default=256.0,
+@option("--response-cache-mb", type=click.FloatRange(1), default=default("response_cache_mb"),
         help="Size bound of the response cache (least recently used answers go first).")
 @option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
         help="An OpenAI-compatible server to forward requests to (vLLM, llama.cpp, another "
@@ -195,9 +190,9 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
              "--model, vlserve runs as a pure gateway (docs/scale-out.md).")
 @option("--upstream-key", "upstream_keys", multiple=True, metavar="NAME=KEY",
         help="The API key vlserve sends to upstream NAME. Repeatable.")
-@option("--upstream-check-interval", type=click.FloatRange(0.1), default=5.0,
+@option("--upstream-check-interval", type=click.FloatRange(0.1), default=default("upstream_check_interval"),
         help="Seconds between health checks of the upstreams (GET /v1/models).")
-@option("--upstream-connect-timeout", type=click.FloatRange(0.1), default=5.0,
+@option("--upstream-connect-timeout", type=click.FloatRange(0.1), default=default("upstream_connect_timeout"),
         help="Seconds to connect to an upstream before trying another replica.")
 @option("--certfile", type=click.Path(dir_okay=False, exists=True),
         help="Serve HTTPS with this PEM certificate (with --keyfile). Behind a reverse proxy "
@@ -208,7 +203,7 @@ PARALLEL = AutoOrCount("sequences", 1, 64, _auto_parallel, "use 1 to 64 sequence
         help="Folder of the chat page (default: webui/ of this checkout).")
 @option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-        default="info", help="Log level.")
+        default=default("log_level"), help="Log level.")
 def serve(**opts):
     """Serve the OpenAI-compatible API (and the page); switch models without restarting."""
     setup_logging(opts["log_level"])
@@ -230,13 +225,12 @@ def bench(args):
 
 
 def settings_from_options(opts: dict) -> Settings:
-    mb = 1024 * 1024
-    images = ImageLimits(max_bytes=int(opts.pop("max_image_mb") * mb),
+    images = ImageLimits(max_bytes=int(opts.pop("max_image_mb") * MiB),
                          max_pixels=opts.pop("max_image_pixels"),
                          max_long_side=opts.pop("image_max_side"),
                          max_short_side=opts.pop("image_max_short_side"),
                          max_images=opts.pop("max_images"))
-    opts["max_body_bytes"] = int(opts.pop("max_body_mb") * mb)
+    opts["max_body_bytes"] = int(opts.pop("max_body_mb") * MiB)
     opts["api_keys"] = tuple(opts["api_keys"])
     if bool(opts["certfile"]) != bool(opts["keyfile"]):
         raise click.UsageError("--certfile and --keyfile go together")

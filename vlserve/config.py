@@ -20,6 +20,31 @@ def default_threads() -> int:
     return max(1, n // 2) if n > 4 else n
 
 
+def auto_parallel() -> int:
+    """Sequences decoded together when none are asked for: 4 when llama.cpp can offload to a
+    GPU (batching is nearly free there), 2 on a CPU (memory for the KV of each)."""
+    import llama_cpp
+    return 4 if llama_cpp.llama_supports_gpu_offload() else 2
+
+
+def context_size(n_ctx: int | None, *, trained: int) -> int:
+    """Tokens per sequence from --ctx-size (the loader has put the catalog entry's suggestion
+    in place of None when the model has one): 0 is the model's training length, None
+    DEFAULT_CTX. The one place this is decided (the GPU plan and the context both ask)."""
+    if n_ctx == 0:
+        return trained
+    return n_ctx or DEFAULT_CTX
+
+
+def default(name: str):
+    """The default of Settings field `name`: the command line's defaults are read from here,
+    so that `Settings()` (tests, library use) means what `vlserve serve` with no flags means."""
+    f = {f.name: f for f in dataclasses.fields(Settings)}[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str | None = None          # path to the text GGUF
@@ -33,11 +58,12 @@ class Settings:
     webui_dir: str | None = None      # the chat page's folder (None: the checkout's webui/)
 
     # engine
-    n_ctx: int | None = DEFAULT_CTX   # 0 = the model's training context; None = catalog's
+    n_ctx: int | None = None          # 0 = the model's training context; None = the
+                                      # catalog entry's, else DEFAULT_CTX (context_size)
     n_gpu_layers: int | None = None   # None = auto: as many as fit in free GPU memory; -1 = all
     threads: int = field(default_factory=default_threads)
     threads_batch: int | None = None  # None = same as threads
-    parallel: int = 1                 # sequences decoded together (the CLI picks per device)
+    parallel: int = field(default_factory=auto_parallel)  # sequences decoded together
     kv_unified: bool = True           # one KV buffer shared by the sequences (else one each)
     n_batch: int = 2048
     n_ubatch: int = 512

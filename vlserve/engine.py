@@ -30,7 +30,7 @@ from llama_cpp import _internals as internals
 from llama_cpp import mtmd_cpp
 
 from . import gpu, llamalog
-from .config import DEFAULT_CTX, Settings
+from .config import Settings, context_size
 from .errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
 from .images import PreparedImage
 from .library import PairingError, check_pair
@@ -135,8 +135,8 @@ def gpu_layers(s: Settings) -> tuple[int, int]:
     if memory.kind == "cpu":
         log.warning("GPU build but no GPU memory could be measured: offloading every layer")
         return -1, layout.n_layers
-    n_ctx = layout.context_length if s.n_ctx == 0 else (s.n_ctx or DEFAULT_CTX)
-    n_ctx *= s.parallel   # the KV of every sequence: each has the whole context
+    # the KV of every sequence: each has the whole context
+    n_ctx = context_size(s.n_ctx, trained=layout.context_length) * s.parallel   # the KV of every sequence: each has the whole context
     plan = gpu.plan_gpu_layers(layout, n_ctx=n_ctx, free_bytes=memory.free,
                                mmproj_bytes=Path(s.mmproj).stat().st_size,
                                flash_attn=s.flash_attn != "off", n_ubatch=s.n_ubatch)
@@ -147,8 +147,7 @@ def gpu_layers(s: Settings) -> tuple[int, int]:
 def _context_params(s: Settings, n_ctx_train: int) -> llama_cpp.llama_context_params:
     params = llama_cpp.llama_context_default_params()
     # every sequence gets the whole --ctx-size: several people at once do not shrink it
-    n_ctx_seq = n_ctx_train if s.n_ctx == 0 else (s.n_ctx or DEFAULT_CTX)
-    params.n_ctx = n_ctx_seq * s.parallel
+    params.n_ctx = context_size(s.n_ctx, trained=n_ctx_train) * s.parallel
     params.n_batch = s.n_batch
     params.n_ubatch = min(s.n_batch, s.n_ubatch)
     params.n_seq_max = s.parallel
