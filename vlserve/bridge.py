@@ -201,8 +201,9 @@ class ThreadedApp(WSGIMiddleware):
                 return body, True
 
     async def _too_slow(self, scope, send, seconds: float):
-        message = (f"the request body did not arrive in time: {self.body_timeout:g} seconds "
-                   f"plus one for every {self.body_min_rate / 1024:g} KiB received")
+        message = f"the request body did not arrive within {self.body_timeout:g} seconds"
+        if self.body_min_rate:
+            message += f" plus one for every {self.body_min_rate / 1024:g} KiB received"
         body = _timeout_body(message)
         await send({"type": "http.response.start", "status": 408,
                     "headers": [(b"content-type", b"application/json"),
