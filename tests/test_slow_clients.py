@@ -260,11 +260,13 @@ def test_sigterm_lets_a_running_request_finish(tiny_model, tmp_path):
         results = []
         client = threading.Thread(target=lambda: results.append(requests.post(
             s.url + "/v1/chat/completions", timeout=30,
-            json={"messages": [user("count")], "max_tokens": 200, "temperature": 1})))
+            json={"messages": [user("count")], "max_tokens": 1000, "temperature": 1})))
         client.start()
         end = time.monotonic() + 10
         while not requests.get(s.url + "/health", timeout=5).json()["busy"]:
+            assert not results, "the request ended before it could be seen running"
             assert time.monotonic() < end, "the request never started"
+            time.sleep(0.02)   # polling for the request to start
         os.kill(s.proc.pid, signal.SIGTERM)
         client.join(30)
         assert results and results[0].status_code == 200, s.log()
