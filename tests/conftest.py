@@ -146,8 +146,8 @@ class ServerProcess:
                 if requests.get(self.url + self.ready_path, timeout=1,
                                 verify=self.verify).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass   # not listening yet, or the worker still importing the app
             time.sleep(0.2)
         raise AssertionError(f"{type(self).__name__} did not become ready:\n" + self.log())
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import select
-import socket
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,6 +21,7 @@ from .library import Library, LocalModel
 from .protocol import (ChatRequest, ImagePart, chunk, completion, new_completion_id,
                        parse_chat_request, usage_dict)
 from .reasoning import INLINE_PREFIX, ReasoningSplitter, split_reasoning
+from .serving import client_gone
 from .upstream import LOCAL
 from .worker import Job, Worker
 
@@ -383,29 +382,8 @@ def _fit(req: ChatRequest, engine, images, reserve: int) -> Fit:
 
 
 def _client_gone() -> bool:
-    """True when the peer closed its connection (checked while a request waits for its
-    answer). Asks the kernel whether the peer hung up (POLLRDHUP) rather than reading: a TLS
-    socket cannot be peeked at, and a client sends nothing else while it waits."""
-    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    if sock is None:
-        return False
-    try:
-        fd = sock.fileno()
-    except (OSError, ValueError):
-        return True        # closed already
-    if fd < 0:
-        return True
-    if hasattr(select, "POLLRDHUP"):   # Linux
-        poller = select.poll()
-        poller.register(fd, select.POLLRDHUP)
-        return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
-                   for _, mask in poller.poll(0))
-    try:               # elsewhere: a plain socket that reads as EOF has been closed
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError, ValueError):   # no data; or TLS: unknown
-        return False
-    except OSError:
-        return True
+    """True when this request's client has closed its connection (serving.client_gone)."""
+    return client_gone(request.environ)
 
 
 def _events(job: Job, quiet: float = KEEPALIVE_SECONDS

@@ -144,7 +144,18 @@ PARALLEL = AutoOrCount("sequences", 1, 64, auto_parallel, "use 1 to 64 sequences
 @option("--max-tokens-cap", type=click.IntRange(0), default=default("max_tokens_cap"),
         help="Largest max_tokens a client may ask for (0 = the context size).")
 @option("--http-threads", type=click.IntRange(1), default=default("http_threads"),
-        help="HTTP threads (concurrent connections, streams included).")
+        help="Threads running requests at once, streams included. A request takes one only "
+             "once it has arrived whole; more wait for a free one.")
+@option("--header-timeout", type=click.FloatRange(0.1), default=default("header_timeout"),
+        help="Seconds for a request's whole head (request line and headers) to arrive, from "
+             "the connection opening; a byte now and then does not extend it. Past it: 408, "
+             "connection closed.")
+@option("--body-timeout", type=click.FloatRange(0.1), default=default("body_timeout"),
+        help="Seconds for a request body to arrive, plus one for every --body-min-rate KiB "
+             "received (so big uploads at a fair rate pass). Past it: 408.")
+@option("--body-min-rate", type=click.FloatRange(0), default=default("body_min_rate") / 1024,
+        help="KiB per second a long request body must keep up (see --body-timeout); 0: the "
+             "whole body within --body-timeout.")
 @option("--rate-limit", type=click.IntRange(0), default=default("rate_limit"),
         help="Chat requests per minute per API key (per client address without keys); "
              "beyond it 429 with Retry-After. 0 = no limit.")
@@ -231,6 +242,7 @@ def settings_from_options(opts: dict) -> Settings:
                          max_short_side=opts.pop("image_max_short_side"),
                          max_images=opts.pop("max_images"))
     opts["max_body_bytes"] = int(opts.pop("max_body_mb") * MiB)
+    opts["body_min_rate"] = opts["body_min_rate"] * 1024
     opts["api_keys"] = tuple(opts["api_keys"])
     if bool(opts["certfile"]) != bool(opts["keyfile"]):
         raise click.UsageError("--certfile and --keyfile go together")

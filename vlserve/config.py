@@ -100,7 +100,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     dev: bool = False                 # Flask's server instead of gunicorn
-    http_threads: int = 16
+    http_threads: int = 16            # threads running requests (streams included)
+    header_timeout: float = 10.0      # seconds for a whole request head to arrive
+    body_timeout: float = 30.0        # seconds for a request body to arrive…
+    body_min_rate: float = 16 * 1024  # …plus one for every this many bytes received
     queue_size: int = 8               # requests waiting for the engine before 503
     request_timeout: float = 600.0    # seconds from arrival to the last token
     max_body_bytes: int = 64 * 1024 * 1024

@@ -57,6 +57,14 @@ class MethodNotAllowedError(APIError):
     code = "method_not_allowed"
 
 
+class RequestTimeoutError(APIError):
+    """A request whose head or body did not arrive within the server's deadlines (a client
+    sending too slowly); answered by the server before the app runs (bridge.py)."""
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"
