@@ -41,7 +41,7 @@ from typing import Callable
 
 from PIL import Image
 
-from .batch import Sequence, SerialRunner
+from .batch import Sequence
 from .engine import Delta, Engine, Finished, Prompt
 from .errors import (APIError, InternalError, ModelLoadError, ServiceUnavailableError,
                      TimeoutError_)
@@ -134,7 +134,7 @@ class Worker:
         self.request_timeout = request_timeout
         self.events = EventHub()
         self.engine: Engine | None = None
-        self._runner = None             # the engine's sequences (batch.Batcher / SerialRunner)
+        self._runner = None             # the engine's sequences (its batch.Batcher)
         self._running = 0               # this worker's requests in the runner
         self._arriving = 0              # requests between arrival and the queue
         self.model = model              # id of the loaded model (or the one to load)
@@ -194,7 +194,7 @@ class Worker:
                 return None
             runner = self._runner
             return {"info": dict(engine.info), "cache": engine.cache_stats(),
-                    "batch": runner.stats() if hasattr(runner, "stats") else None}
+                    "batch": runner.stats()}
 
     def wait_ready(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -340,7 +340,7 @@ class Worker:
         """Before the first step of newly admitted requests: while others are still on their
         way in (tokenizing on HTTP threads), wait up to ARRIVAL_WAIT for them so that their
         prompts join the same batch. A lone request never waits. False on the stop signal."""
-        starting = getattr(self._runner, "starting", 0) if self._runner is not None else 0
+        starting = self._runner.starting if self._runner is not None else 0
         if not (self._arriving and self._running and starting == self._running):
             return True   # nobody on the way, or answers already running: no stalling them
         end = time.monotonic() + ARRIVAL_WAIT
@@ -404,6 +404,7 @@ class Worker:
             job.close()
             return
         if job.expired:
+            self.stats["timeout"] += 1   # as a deadline reached while running is
             job.put(TimeoutError_("the request waited too long in the queue"))
             job.close()
             return
@@ -465,7 +466,7 @@ class Worker:
             engine = self._load(model, self._progress)
             with self._lock:
                 self.engine = engine
-            self._runner = runner_for(engine)
+            self._runner = engine.runner()
             if self._warmup:
                 self._set_state("warming", "warming up")
                 t1 = time.monotonic()
@@ -566,11 +567,6 @@ class Worker:
         if timed_out:
             return TimeoutError_(f"the request exceeded the {self.request_timeout:g}s timeout")
         return event
-
-
-def runner_for(engine: Engine):
-    """The engine's batcher, or one request at a time for engines without one (fakes)."""
-    return engine.runner() if hasattr(engine, "runner") else SerialRunner(engine)
 
 
 def _trim_heap() -> None:
