@@ -44,6 +44,16 @@ def user(*parts) -> dict:
     return {"role": "user", "content": content}
 
 
+def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.02):
+    """Wait for an event the test cannot be told of directly: poll `predicate` until it is
+    true; fail saying `what` did not happen. (Never a bare sleep to order events.)"""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
 def generate(engine, req, cancel_after: int | None = None):
     """Run one parsed request through the engine directly: (text, Finished)."""
     from vlserve.engine import Delta, Finished

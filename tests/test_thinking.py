@@ -35,11 +35,47 @@ class ScriptedEngine:
             yield Delta(piece)
         yield Finished("stop", 3, len(self.pieces))
 
+    def runner(self):
+        return ScriptedRunner(self)
+
     def cache_stats(self):
         return {}
 
     def close(self):
         pass
+
+
+class ScriptedRunner:
+    """The batcher's interface over the scripted engine: one request at a time, an event
+    a step (the worker itself is tested over the real batcher in test_worker.py)."""
+
+    def __init__(self, engine):
+        self.engine, self.seq, self.events = engine, None, None
+
+    @property
+    def active(self) -> int:
+        return int(self.seq is not None)
+
+    free = property(lambda self: 1 - self.active)
+    starting = 0
+
+    def admit(self, seq) -> None:
+        self.seq, self.events = seq, self.engine.generate(seq.prompt, seq.params, seq.stop)
+
+    def step(self) -> None:
+        event = next(self.events)
+        if isinstance(event, Finished):   # free first, as the batcher does
+            seq, self.seq = self.seq, None
+            seq.emit(event)
+        else:
+            self.seq.emit(event)
+
+    def stats(self) -> dict:
+        return {"parallel": 1, "busy": self.active, "steps": 0, "step_tokens": 0,
+                "step_sequences": 0, "tokens_per_second": 0.0}
+
+    def close(self) -> None:
+        self.seq = None
 
 
 OPENED_BY_TEMPLATE = ["Let me", " look.</th", "ink>\n\nA red", " square."]

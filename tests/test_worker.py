@@ -1,194 +1,220 @@
-"""Unit tests of the worker with a scripted fake engine (fast; the real engine is tested
-through the same worker in test_api.py and test_server.py)."""
+"""The worker over the real llama.cpp engine and its real batcher, as production runs it:
+queueing, refusals, cancellation, deadlines, errors, switching, unloading. The tiny model
+loads in a fraction of a second, so each test loads its own engines."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
-from vlserve.engine import Delta, Finished, Prompt
+from conftest import wait_for
+from vlserve.engine import Delta, Finished, LlamaEngine
 from vlserve.errors import InternalError, ServiceUnavailableError, TimeoutError_
-from vlserve.protocol import SamplingParams
+from vlserve.protocol import parse_chat_request
 from vlserve.worker import Worker
 
-
-class FakeEngine:
-    model_id, n_ctx, info = "fake", 128, {}
-
-    def __init__(self, tokens=5, delay=0.0, fail=False):
-        self.tokens, self.delay, self.fail = tokens, delay, fail
-        self.started = threading.Event()
-        self.ran: list[str] = []
-
-    def prompt(self, name="p") -> Prompt:
-        return Prompt(units=[name], images={}, n_tokens=3, max_new_tokens=99)
-
-    def generate(self, prompt, params, cancelled):
-        self.ran.append(prompt.units[0])
-        self.started.set()
-        if self.fail:
-            raise RuntimeError("boom")
-        for i in range(self.tokens):
-            if cancelled():
-                yield Finished("cancelled", 3, i)
-                return
-            time.sleep(self.delay)
-            yield Delta(f"t{i} ")
-        yield Finished("length", 3, self.tokens)
+LONG = 3000   # tokens: a generation that outlasts any wait of these tests
 
 
-def drain(job, timeout=10):
+def chat(text: str, max_tokens: int = 3):
+    """A parsed request; seeded sampling, so the random-weight model rarely ends early."""
+    return parse_chat_request({"messages": [{"role": "user", "content": text}],
+                               "max_tokens": max_tokens, "temperature": 1.0, "seed": 3},
+                              max_tokens_cap=LONG)
+
+
+def drain(job, timeout=30):
+    """Every event of `job` up to and including its last one."""
     events = []
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        ev = job.next_event(0.1)
-        if ev is not None:
-            events.append(ev)
-            if not isinstance(ev, Delta):
-                return events
-    raise AssertionError("job did not finish")
+    while True:
+        ev = job.next_event(timeout)
+        assert ev is not None, "the job did not finish"
+        events.append(ev)
+        if not isinstance(ev, Delta):
+            return events
 
 
-def make_worker(engine, **kw) -> Worker:
-    worker = Worker(lambda *_: engine, queue_size=kw.pop("queue_size", 2),
-                    request_timeout=kw.pop("request_timeout", 30), warmup=False).start()
-    assert worker.wait_ready(5)
-    return worker
-
-
-def test_events_arrive_in_order_and_end_with_finished():
-    engine = FakeEngine(tokens=3)
-    worker = make_worker(engine)
-    events = drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))
-    assert [e.text for e in events[:-1]] == ["t0 ", "t1 ", "t2 "]
-    assert events[-1] == Finished("length", 3, 3)
-    assert not worker.busy   # already idle when the client hears it is done
-    worker.stop()
-
-
-def test_full_queue_is_refused_at_once_with_retry_after():
-    engine = FakeEngine(tokens=50, delay=0.02)
-    worker = make_worker(engine, queue_size=1)
-    running = worker.submit(engine.prompt("a"), SamplingParams(), engine=engine)
-    assert engine.started.wait(5)
-    worker.submit(engine.prompt("b"), SamplingParams(), engine=engine)       # waits in the queue
-    t0 = time.monotonic()
-    with pytest.raises(ServiceUnavailableError) as info:
-        worker.submit(engine.prompt("c"), SamplingParams(), engine=engine)
-    assert time.monotonic() - t0 < 0.5
-    assert info.value.status == 503 and info.value.retry_after
-    running.cancel()
-    worker.stop()
-
-
-def test_cancelled_job_stops_within_a_token_and_queued_cancel_is_skipped():
-    engine = FakeEngine(tokens=1000, delay=0.01)
-    worker = make_worker(engine)
-    first = worker.submit(engine.prompt("a"), SamplingParams(), engine=engine)
-    queued = worker.submit(engine.prompt("b"), SamplingParams(), engine=engine)
-    queued.cancel()
-    assert engine.started.wait(5)
-    first.cancel()
-    assert drain(first)[-1].finish_reason == "cancelled"
-    third = worker.submit(engine.prompt("c"), SamplingParams(), engine=engine)
-    engine.tokens = 1
-    assert isinstance(drain(third)[-1], Finished)
-    assert engine.ran == ["a", "c"]
-    worker.stop()
-
-
-def test_deadline_becomes_a_timeout_error():
-    engine = FakeEngine(tokens=1000, delay=0.01)
-    worker = make_worker(engine, request_timeout=0.3)
-    events = drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))
-    assert isinstance(events[-1], TimeoutError_) and events[-1].status == 504
-    assert worker.stats["timeout"] == 1 and worker.stats["cancelled"] == 0
-    worker.stop()
-
-
-def test_engine_exception_travels_back_and_worker_survives():
-    engine = FakeEngine(fail=True)
-    worker = make_worker(engine)
-    events = drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))
-    assert isinstance(events[-1], InternalError) and not worker.busy
-    engine.fail = False
-    assert isinstance(drain(worker.submit(engine.prompt(), SamplingParams(), engine=engine))[-1], Finished)
-    worker.stop()
-
-
-def test_failed_load_is_reported_not_raised():
-    def broken(*_):
-        raise ValueError("no such file: x.gguf")
-    worker = Worker(broken, queue_size=1, request_timeout=5).start()
-    assert not worker.wait_ready(5)
-    assert worker.state == "failed" and "x.gguf" in worker.reason
-    with pytest.raises(ServiceUnavailableError):
-        worker.check_accepting()
+def first_token(job, timeout=30):
+    ev = job.next_event(timeout)
+    assert isinstance(ev, Delta), f"expected a token, got {ev!r}"
 
 
 class Models:
-    """A loader over named fake engines; a name in `broken` fails to load."""
+    """A loader of real engines by name (each the tiny model under that alias); a name in
+    `broken` fails to load. Records loads and closes."""
 
-    def __init__(self, *names, broken=()):
-        self.engines = {n: FakeEngine(tokens=3) for n in names}
-        for name, engine in self.engines.items():
-            engine.model_id = name
-        self.broken, self.loads, self.closed = set(broken), [], []
-        for engine in self.engines.values():
-            engine.close = lambda e=engine: self.closed.append(e.model_id)
+    def __init__(self, settings, *, parallel=1, broken=()):
+        self.settings, self.parallel, self.broken = settings, parallel, set(broken)
+        self.loads: list[str | None] = []
+        self.closed: list[str] = []
+        self.live: list[LlamaEngine] = []
 
     def __call__(self, name, progress):
         self.loads.append(name)
         progress(0.5)
         if name in self.broken:
             raise RuntimeError(f"cannot load {name}")
-        return self.engines[name]
+        engine = LlamaEngine(self.settings.replace(model_alias=name or "tiny",
+                                                   parallel=self.parallel))
+        close = engine.close
+
+        def closing():
+            self.closed.append(engine.model_id)
+            close()
+        engine.close = closing
+        self.live.append(engine)
+        return engine
+
+    def close_all(self):
+        for engine in self.live:
+            if engine.model_id not in self.closed:
+                engine.close()
 
 
-def prepare_for(name):
-    """A job's prepare(): its prompt says which engine it was prepared for."""
-    return lambda engine: Prompt(units=[f"{name}@{engine.model_id}"], images={}, n_tokens=3,
-                                 max_new_tokens=9)
+@pytest.fixture
+def start(settings):
+    """start(model=None, parallel=1, broken=(), **worker options) -> (worker, models)."""
+    made = []
+
+    def start(model=None, *, parallel=1, broken=(), **kw):
+        models = Models(settings, parallel=parallel, broken=broken)
+        worker = Worker(models, queue_size=kw.pop("queue_size", 2),
+                        request_timeout=kw.pop("request_timeout", 60), warmup=False,
+                        model=model, **kw).start()
+        made.append((worker, models))
+        assert worker.wait_ready(30), worker.reason
+        return worker, models
+    yield start
+    for worker, models in made:
+        worker.stop()
+        models.close_all()
 
 
-def test_switch_waits_for_queued_jobs_and_reprepares_stale_prompts():
-    models = Models("a", "b")
-    models.engines["a"].delay = 0.05
-    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
-    assert worker.wait_ready(5)
-    first = worker.submit(prepare_for("j1")(models.engines["a"]), SamplingParams(),
-                          prepare=prepare_for("j1"), engine=models.engines["a"])
+def submit(worker, text, max_tokens=3, **kw):
+    """Queue a request prepared on the loaded engine, under a lease, as the API does."""
+    req = chat(text, max_tokens)
+    with worker.lease() as engine:
+        assert engine is not None
+        return worker.submit(engine.prepare(req, []), req.params, engine=engine, **kw)
+
+
+def prepared(text, max_tokens=3):
+    """A job's prepare(engine), for jobs the engine thread prepares (after a switch)."""
+    req = chat(text, max_tokens)
+    return req.params, lambda engine: engine.prepare(req, [])
+
+
+def test_events_arrive_in_order_and_end_with_finished(start):
+    worker, _ = start()
+    events = drain(submit(worker, "Hello", max_tokens=3))
+    assert all(isinstance(e, Delta) for e in events[:-1]) and len(events) >= 2
+    assert isinstance(events[-1], Finished) and events[-1].completion_tokens <= 3
+    assert not worker.busy   # already idle when the client hears it is done
+
+
+def test_full_queue_is_refused_at_once_with_retry_after(start):
+    worker, _ = start(queue_size=1)
+    running = submit(worker, "a", LONG)
+    first_token(running)                      # it holds the only sequence
+    submit(worker, "b")                       # waits in the queue
+    with pytest.raises(ServiceUnavailableError) as info:
+        submit(worker, "c")
+    assert info.value.status == 503 and info.value.retry_after
+    running.cancel()
+
+
+def test_cancelled_job_stops_and_a_queued_cancel_never_runs(start):
+    worker, _ = start()
+    first = submit(worker, "a", LONG)
+    first_token(first)
+    queued = submit(worker, "b", 50)
+    queued.cancel()
+    first.cancel()
+    end = drain(first)[-1]
+    assert end.finish_reason == "cancelled" and end.completion_tokens < LONG
+    skipped = drain(queued)
+    assert len(skipped) == 1 and skipped[0].finish_reason == "cancelled"
+    assert skipped[0].completion_tokens == 0          # never generated
+    assert isinstance(drain(submit(worker, "c"))[-1], Finished)
+    assert worker.stats["cancelled"] == 2
+
+
+def test_a_running_deadline_becomes_a_timeout_error(start):
+    worker, _ = start(request_timeout=0.5)
+    events = drain(submit(worker, "slow", LONG))
+    assert isinstance(events[-1], TimeoutError_) and events[-1].status == 504
+    assert worker.stats["timeout"] == 1 and worker.stats["cancelled"] == 0
+
+
+def test_a_queued_deadline_is_a_timeout_and_counted(start):
+    worker, _ = start()
+    running = submit(worker, "a", LONG)
+    first_token(running)
+    worker.request_timeout = 0.2              # for the next request only
+    queued = submit(worker, "b")              # waits behind the one sequence…
+    wait_for(lambda: queued.expired, "the queued request's deadline")   # …past its deadline
+    running.cancel()
+    assert isinstance(drain(queued)[-1], TimeoutError_)
+    assert drain(running)[-1].finish_reason == "cancelled"
+    assert worker.stats["timeout"] == 1
+
+
+def test_a_failure_while_preparing_travels_back_and_the_worker_survives(start):
+    worker, _ = start()
+    params, _ = prepared("x")
+
+    def broken(engine):
+        raise RuntimeError("boom")
+    events = drain(worker.submit(None, params, prepare=broken))
+    assert isinstance(events[-1], InternalError) and "RuntimeError" in events[-1].message
+    assert not worker.busy
+    assert isinstance(drain(submit(worker, "again"))[-1], Finished)
+
+
+def test_failed_load_is_reported_not_raised(settings):
+    models = Models(settings, broken={"x.gguf"})
+    worker = Worker(models, queue_size=1, request_timeout=5, model="x.gguf").start()
+    try:
+        assert not worker.wait_ready(30)
+        assert worker.state == "failed" and "x.gguf" in worker.reason
+        with pytest.raises(ServiceUnavailableError):
+            worker.check_accepting()
+    finally:
+        worker.stop()
+
+
+def test_switch_waits_for_running_jobs_and_prepares_queued_ones_again(start):
+    worker, models = start("a", queue_size=4)
+    first = submit(worker, "one", LONG)
+    first_token(first)
     switch = worker.switch("b")
-    # prepared for "a" while "a" was loaded, but queued behind the switch: prepared again
-    stale = worker.submit(prepare_for("j2")(models.engines["a"]), SamplingParams(),
-                          prepare=prepare_for("j2"), engine=models.engines["a"])
-    worker.check_accepting()            # accepting while the switch is pending
-    assert isinstance(drain(first)[-1], Finished) and isinstance(drain(stale)[-1], Finished)
-    assert switch.done.wait(5) and switch.error is None
-    assert models.engines["a"].ran == ["j1@a"] and models.engines["b"].ran == ["j2@b"]
+    params, prepare = prepared("two")
+    with worker.lease() as engine_a:          # prepared on "a", queued behind the switch:
+        assert engine_a is not None           # prepared again on "b"
+        stale = worker.submit(prepare(engine_a), params, prepare=prepare, engine=engine_a)
+    worker.check_accepting()                  # accepting while the switch is pending
+    first.cancel()
+    assert drain(first)[-1].finish_reason == "cancelled"
+    assert first.served_model == "a"          # a running request finishes on its model
+    assert isinstance(drain(stale)[-1], Finished) and stale.served_model == "b"
+    assert switch.done.wait(30) and switch.error is None
     assert models.closed == ["a"] and worker.model == "b" and worker.state == "ready"
-    worker.stop()
 
 
-def test_a_job_naming_another_model_loads_it_first():
-    models = Models("a", "b")
-    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
-    assert worker.wait_ready(5)
-    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"), model="b")
+def test_a_job_naming_another_model_loads_it_first(start):
+    worker, models = start("a", queue_size=4)
+    params, prepare = prepared("j")
+    job = worker.submit(None, params, prepare=prepare, model="b")
     assert isinstance(drain(job)[-1], Finished)
-    assert models.loads == ["a", "b"] and models.engines["b"].ran == ["j@b"]
-    worker.stop()
+    assert models.loads == ["a", "b"] and job.served_model == "b" and models.closed == ["a"]
 
 
-def test_failed_switch_reloads_the_previous_model_and_says_so():
-    models = Models("a", "b", broken={"b"})
-    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
-    assert worker.wait_ready(5)
+def test_failed_switch_reloads_the_previous_model_and_says_so(start):
+    worker, models = start("a", queue_size=4, broken={"b"})
     events = worker.events.subscribe()
     switch = worker.switch("b")
-    assert switch.done.wait(5)
+    assert switch.done.wait(30)
     assert switch.error.code == "model_load_failed" and "a is loaded again" in switch.error.message
     assert models.loads == ["a", "b", "a"] and worker.model == "a" and worker.state == "ready"
     assert worker.stats["model_load_failures"] == 1
@@ -197,32 +223,60 @@ def test_failed_switch_reloads_the_previous_model_and_says_so():
         seen.append(events.get_nowait())
     assert "rolled_back" in {e["type"] for e in seen}
     assert any(e["type"] == "progress" for e in seen)
-    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"))
-    assert isinstance(drain(job)[-1], Finished)
-    worker.stop()
+    params, prepare = prepared("j")
+    assert isinstance(drain(worker.submit(None, params, prepare=prepare))[-1], Finished)
 
 
-def test_a_job_for_a_model_that_cannot_load_gets_the_error_not_a_hang():
-    models = Models("a", "b", broken={"b"})
-    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a").start()
-    assert worker.wait_ready(5)
-    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"), model="b")
-    err = drain(job)[-1]
+def test_a_job_for_a_model_that_cannot_load_gets_the_error_not_a_hang(start):
+    worker, _ = start("a", queue_size=4, broken={"b"})
+    params, prepare = prepared("j")
+    err = drain(worker.submit(None, params, prepare=prepare, model="b"))[-1]
     assert err.status == 500 and "cannot load b" in err.message and worker.model == "a"
-    worker.stop()
 
 
-def test_idle_unload_then_reload_on_demand():
-    models = Models("a")
-    worker = Worker(models, queue_size=4, request_timeout=30, warmup=False, model="a",
-                    keep_alive=0.2).start()
-    assert worker.wait_ready(5)
-    deadline = time.monotonic() + 5
-    while worker.state != "unloaded":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert models.closed == ["a"] and worker.engine is None
+def test_idle_unload_then_reload_on_demand(start):
+    worker, models = start("a", keep_alive=0.2)
+    wait_for(lambda: worker.state == "unloaded", "the idle model to be unloaded")
+    assert models.closed == ["a"] and worker.engine_view() is None
     worker.check_accepting()
-    job = worker.submit(None, SamplingParams(), prepare=prepare_for("j"))
-    assert isinstance(drain(job)[-1], Finished) and models.loads == ["a", "a"]
-    worker.stop()
+    params, prepare = prepared("j")
+    assert isinstance(drain(worker.submit(None, params, prepare=prepare))[-1], Finished)
+    assert models.loads == ["a", "a"]
+
+
+def test_an_unload_waits_for_a_lease_and_refuses_new_ones(start):
+    worker, models = start("a")
+    leased = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with worker.lease() as engine:
+            assert engine is not None
+            leased.set()
+            release.wait(30)
+            engine.count_tokens(chat("still alive").messages, {})   # still loaded
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert leased.wait(30)
+    unload = worker.unload()
+
+    def refused():
+        with worker.lease() as engine:
+            return engine is None
+    wait_for(refused, "new leases to be refused while the unload waits")
+    assert models.closed == []                  # the lease holds the engine
+    release.set()
+    holder.join(30)
+    assert unload.done.wait(30) and models.closed == ["a"]
+
+
+def test_two_sequences_run_together_over_the_batcher(start):
+    worker, _ = start(parallel=2, queue_size=4)
+    a = submit(worker, "first", LONG)
+    b = submit(worker, "second", LONG)
+    first_token(a)
+    first_token(b)                               # both decode before either ends
+    assert worker.engine_view()["batch"]["busy"] == 2
+    a.cancel()
+    b.cancel()
+    assert drain(a)[-1].finish_reason == drain(b)[-1].finish_reason == "cancelled"

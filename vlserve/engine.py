@@ -93,7 +93,7 @@ class Prompt:
 
 
 class Engine(Protocol):
-    """What the worker and the API need from an engine (a fake implements it in tests)."""
+    """What the worker and the API need from an engine."""
     model_id: str
     n_ctx: int
     info: dict
@@ -104,6 +104,7 @@ class Engine(Protocol):
     def generate(self, prompt: Prompt, params: SamplingParams,
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]: ...
     def cache_stats(self) -> dict: ...
+    def runner(self): ...   # the batcher the worker drives (batch.Batcher)
     def close(self) -> None: ...
 
 
