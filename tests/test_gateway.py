@@ -425,10 +425,13 @@ def test_killing_a_replica_mid_test_fails_only_its_running_stream(pair, tmp_path
         threads = [threading.Thread(target=traffic) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        wait_for(lambda: len(results) >= 3, what="traffic through both replicas")
         kill(pair[victim])
         rest = list(events)       # the stream that was running there ends, with the reason
-        time.sleep(1.5)
+        wait_for(lambda: health(gw)["upstreams"][victim]["up"] is False,
+                 what="the gateway's check to mark the victim down")
+        seen_down = len(results)
+        wait_for(lambda: len(results) >= max(seen_down + 6, 12), what="traffic after it")
         stop.set()
         for t in threads:
             t.join(30)

@@ -513,6 +513,7 @@ def test_body_without_length_is_stopped_at_the_limit(server):
     refused(server.url("/endless.png"), local(max_bytes=1_000_000),
             "too large: over 1")
     assert time.monotonic() - start < 3
+    # Absence is the point (the sender stays stuck): no event to wait for, so time is used.
     time.sleep(0.3)
     stopped = len(sent)
     time.sleep(0.3)
@@ -665,7 +666,7 @@ def test_remote_images_are_cached_briefly(server, monkeypatch):
     monkeypatch.setattr(images, "REMOTE_TTL", 0.2)  # entries from now on live 0.2 s
     other = server.url("/a.png?v=2")
     cache.decode(other, LIMITS, remote=local())
-    time.sleep(0.3)
+    time.sleep(0.3)   # past the TTL: the expiry is the subject
     cache.decode(other, LIMITS, remote=local())
     assert len(server.requests) == 3  # expired: fetched again
     monkeypatch.setattr(images, "REMOTE_TTL", 0)  # 0 = never kept

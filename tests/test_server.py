@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from conftest import LIVE_PARALLEL, ROOT, data_url, user
+from conftest import LIVE_PARALLEL, ROOT, data_url, user, wait_for
 
 LONG = 12000  # tokens (~several seconds on the tiny model): outlasts any test's waits
 
@@ -165,7 +165,8 @@ def test_disconnect_while_queued_never_runs(live_server):
     wait_sequences(live_server, LIVE_PARALLEL)
     queued = open_stream(live_server, text="I will leave")
     queued.close()
-    time.sleep(2.5)   # a keepalive interval or two: the server notices the client left
+    wait_for(lambda: health(live_server)["served"]["cancelled"] >= before["cancelled"] + 1,
+             "the server to notice the queued client left")
     for stream in running:
         stream.close()
     assert wait_idle(live_server) < 5.0
@@ -174,9 +175,8 @@ def test_disconnect_while_queued_never_runs(live_server):
     # left the queue cancelled, without reaching the engine
     assert finishes(served) == finishes(before) + LIVE_PARALLEL + 1
     assert served["cancelled"] >= before["cancelled"] + 1
-    time.sleep(0.2)
-    lines = [line for line in live_server.log().splitlines() if "chat/completions" in line]
-    assert any(" 499 " in line for line in lines)
+    wait_for(lambda: any(" 499 " in line for line in live_server.log().splitlines()
+                         if "chat/completions" in line), "the access log's 499 line")
 
 
 def test_logs_hold_counts_never_content(live_server):
@@ -184,7 +184,7 @@ def test_logs_hold_counts_never_content(live_server):
     url = data_url(64, 64)
     requests.post(live_server.url + "/v1/chat/completions", timeout=30, json={
         "messages": [user(("img", url), secret)], "max_tokens": 2})
-    time.sleep(0.3)
+    wait_for(lambda: "chat/completions 200" in live_server.log(), "the request's log line")
     log = live_server.log()
     assert secret not in log and url[30:90] not in log
     line = [ln for ln in log.splitlines() if "chat/completions 200" in ln][-1]

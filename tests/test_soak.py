@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import LiveServer, data_url, user
+from conftest import LiveServer, data_url, user, wait_for
 
 THREADS = 6
 PER_THREAD = 50
@@ -85,6 +85,12 @@ def run_soak(server, round_: int) -> list[int]:
     return statuses
 
 
+def audited(server, n: int) -> None:
+    """Wait until every request so far has its audit line: each has ended on the server."""
+    wait_for(lambda: len(server.audit.read_text().splitlines()) >= n,
+             f"{n} audit lines (one per request)", timeout=60)
+
+
 def wait_idle(server, timeout=30) -> dict:
     end = time.monotonic() + timeout
     while True:
@@ -104,11 +110,11 @@ def test_soak(soak_server):
     audit0 = len(server.audit.read_text().splitlines())
     statuses = run_soak(server, round_=1)
     wait_idle(server)
-    time.sleep(1.5)   # abandoned streams finish their bookkeeping
+    audited(server, audit0 + len(statuses))   # abandoned streams have finished their books
     rss1, threads1 = server.worker_status("VmRSS") * 1024, server.worker_status("Threads")
     statuses += run_soak(server, round_=2)
     wait_idle(server)
-    time.sleep(1.5)
+    audited(server, audit0 + len(statuses))
 
     assert len(statuses) == 2 * THREADS * PER_THREAD
     assert not [s for s in statuses if s >= 500], sorted(set(statuses))

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import LiveServer, data_url, make_model, user
+from conftest import LiveServer, data_url, make_model, user, wait_for
 
 SMALL = "qwen3vl-small-f32"
 
@@ -48,6 +48,17 @@ def ask(server, model=None, max_tokens=4, stream=False, **kw):
                          stream=stream)
 
 
+def health(server) -> dict:
+    return requests.get(server.url + "/health", timeout=5).json()
+
+
+def arrived(server) -> int:
+    """Chat requests the worker has seen: waiting, running, or finished."""
+    h = health(server)
+    finished = sum(v for k, v in h["served"].items() if k != "tokens_generated")
+    return h["queue_depth"] + h["cache"]["sequences"]["busy"] + finished
+
+
 def worker_rss(server) -> int:
     return server.worker_status("VmRSS") * 1024
 
@@ -74,15 +85,15 @@ def test_switch_under_load_lets_queued_requests_finish_in_order(server):
         results[name] = (r.status_code, r.json())
 
     long = threading.Thread(target=run, args=("long",), kwargs={"max_tokens": 300})
+    base = arrived(server)
     long.start()
-    time.sleep(0.3)                                   # the long one is generating
+    wait_for(lambda: health(server)["busy"], "the long one to be generating")
     queued = [threading.Thread(target=run, args=(f"q{i}",)) for i in range(2)]
     for t in queued:
         t.start()
-    time.sleep(0.3)
+    wait_for(lambda: arrived(server) >= base + 3, "the two to be queued (or served)")
     switch = load(server, SMALL, wait=False)           # behind the queued requests
-    assert switch.status_code == 202
-    time.sleep(0.1)
+    assert switch.status_code == 202                   # (in the worker's queue now)
     after = threading.Thread(target=run, args=("after",))
     after.start()
     for t in (long, *queued, after):
@@ -92,8 +103,8 @@ def test_switch_under_load_lets_queued_requests_finish_in_order(server):
     assert [results[k][1]["model"] for k in ("long", "q0", "q1")] == ["tiny"] * 3
     assert results["long"][1]["usage"]["completion_tokens"] == 300
     assert results["after"][1]["model"] == SMALL
-    health = requests.get(server.url + "/health", timeout=5).json()
-    assert health["model"] == SMALL and health["status"] == "ok"
+    after_switch = health(server)
+    assert after_switch["model"] == SMALL and after_switch["status"] == "ok"
 
 
 def test_a_failed_load_rolls_back_and_reports_it(server):
@@ -123,20 +134,21 @@ def test_request_naming_a_model_does_not_switch_when_switching_on_request_is_off
 
 def test_progress_and_states_arrive_over_sse(server):
     assert load(server, "tiny").status_code == 200
-    events, ready = [], threading.Event()
+    events, ready, subscribed = [], threading.Event(), threading.Event()
 
     def follow():
         with requests.get(server.url + "/admin/models/events", stream=True, timeout=30) as r:
             for line in r.iter_lines():
                 if line.startswith(b"data: "):
                     events.append(json.loads(line[6:]))
+                    subscribed.set()   # the snapshot came: later events will reach us
                     if events[-1].get("state") == "ready" and events[-1]["model"] == SMALL:
                         ready.set()
                         return
 
     t = threading.Thread(target=follow, daemon=True)
     t.start()
-    time.sleep(0.5)
+    assert subscribed.wait(20)
     assert load(server, SMALL).status_code == 200
     assert ready.wait(20), events
     assert events[0]["type"] == "state" and events[0]["model"] == "tiny"   # the snapshot
