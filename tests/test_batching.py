@@ -6,12 +6,11 @@ behind after many requests. (Through HTTP: test_server.py and the bench.)"""
 
 from __future__ import annotations
 
-import time
 
 import llama_cpp
 import pytest
 
-from conftest import data_url
+from conftest import data_url, wait_for
 from vlserve.batch import Sequence
 from vlserve.engine import Delta, Finished, LlamaEngine
 from vlserve.images import ImageLimits, decode_data_url
@@ -252,7 +251,7 @@ def test_no_kv_left_behind_after_200_mixed_requests(engine):
 def test_requests_arriving_together_start_together(settings):
     """While a request is still on its way in (tokenizing on its HTTP thread), an idle engine
     holds the first one's prefill back a moment, so both prompts share the first step."""
-    from vlserve.worker import ARRIVAL_WAIT, Worker
+    from vlserve.worker import Worker
     eng = LlamaEngine(settings.replace(parallel=2))
     worker = Worker(lambda *_: eng, queue_size=4, request_timeout=30, warmup=False).start()
     assert worker.wait_ready(30)
@@ -263,7 +262,8 @@ def test_requests_arriving_together_start_together(settings):
     try:
         with worker.arriving():                      # b is on its way
             job_a = worker.submit(eng.prepare(a, []), a.params, engine=eng)
-            time.sleep(ARRIVAL_WAIT / 5)             # a is queued, admitted, and waits
+            wait_for(lambda: eng.batcher.active == 1,    # a is admitted, and waits
+                     "the first request to be admitted")
             job_b = worker.submit(eng.prepare(b, []), b.params, engine=eng)
         for job in (job_a, job_b):
             while not isinstance(job.next_event(10), Finished):
