@@ -142,7 +142,7 @@ def bench_raw(args) -> dict:
     import llama_cpp
     from llama_cpp import _internals as internals
 
-    from vlserve import llamalog
+    from vlserve.engine import llamalog
     llamalog.install()
     mp = llama_cpp.llama_model_default_params()
     mp.use_extra_bufts = args.repack

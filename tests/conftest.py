@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_model import make_model  # noqa: E402
 
-from vlserve.app import create_app  # noqa: E402
+from vlserve.web.app import create_app  # noqa: E402
 from vlserve.config import Settings  # noqa: E402
 
 N_CTX = 4096
@@ -56,8 +56,8 @@ def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.02):
 
 def generate(engine, req, cancel_after: int | None = None):
     """Run one parsed request through the engine directly: (text, Finished)."""
-    from vlserve.engine import Delta, Finished
-    from vlserve.images import ImageLimits, decode_data_url
+    from vlserve.engine.llama import Delta, Finished
+    from vlserve.chat.images import ImageLimits, decode_data_url
     prompt = engine.prepare(req, [decode_data_url(p.url, ImageLimits()) for p in req.image_parts])
     deltas: list[str] = []
     try:
@@ -89,7 +89,7 @@ def settings(tiny_model, tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def engine(settings):
-    from vlserve.engine import LlamaEngine
+    from vlserve.engine.llama import LlamaEngine
     eng = LlamaEngine(settings)
     yield eng
     eng.close()

@@ -3,7 +3,7 @@
 Only what huggingface_hub 2.4 uses to list a repo and download a file from it:
 
 - `GET /api/models/{repo}[/revision/{rev}]`  model info; `siblings` is the file list
-  (what `HfApi.model_info`, and so `vlserve.hub.list_repo_files`, reads)
+  (what `HfApi.model_info`, and so `vlserve.library.hub.list_repo_files`, reads)
 - `GET /api/models/{repo}/tree/{rev}[/{path}]`  the tree listing (`HfApi.list_repo_files`)
 - `HEAD /{repo}/resolve/{rev}/{file}`  metadata: X-Repo-Commit, ETag, Content-Length; for an
   "LFS" file (a .gguf, as Qwen's .gitattributes has it) also X-Linked-Etag (its sha256, as the

@@ -101,7 +101,7 @@ def test_models_and_health(client):
 
 
 def test_health_is_503_with_a_reason_until_the_model_is_ready(settings, engine):
-    from vlserve.app import create_app
+    from vlserve.web.app import create_app
     app = create_app(settings, engine=engine, start=False)  # the worker has not loaded yet
     c = app.test_client()
     r = c.get("/health")
@@ -110,7 +110,7 @@ def test_health_is_503_with_a_reason_until_the_model_is_ready(settings, engine):
 
 
 def test_missing_model_file_is_reported_by_health(settings):
-    from vlserve.app import create_app
+    from vlserve.web.app import create_app
     app = create_app(settings.replace(model="/nonexistent/model.gguf"))
     worker = app.extensions["vlserve"]["worker"]
     assert not worker.wait_ready(10)
@@ -206,7 +206,7 @@ def test_body_over_the_limit_is_413(make_app):
 
 
 def test_decoded_image_over_its_cap_is_413(make_app, settings):
-    from vlserve.images import ImageLimits
+    from vlserve.chat.images import ImageLimits
     c = make_app(images=ImageLimits(max_bytes=1000)).test_client()
     assert_error(c.post(CHAT, json=img_msg(b64url(png_bytes(200, 200) + b"\x00" * 5000))), 413)
 

@@ -17,9 +17,9 @@ import requests
 from PIL import Image
 
 from conftest import LiveServer, data_url, user
-from vlserve import audit
-from vlserve.images import ImageLimits, decode_data_url
-from vlserve.protocol import parse_chat_request
+from vlserve.ops import audit
+from vlserve.chat.images import ImageLimits, decode_data_url
+from vlserve.chat.protocol import parse_chat_request
 
 CHAT = "/v1/chat/completions"
 FIELDS = {"time", "key", "client", "method", "route", "status", "duration_ms", "model", "backend",

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, LiveServer, data_url, user
-from vlserve.auth import KeyFileError, load_keys, parse_key_file
+from vlserve.ops.auth import KeyFileError, load_keys, parse_key_file
 
 CHAT_KEY, ADMIN_KEY, METRICS_KEY, ALL_KEY = ("chat-secret-1", "admin-secret-2",
                                              "metrics-secret-3", "everything-4")
@@ -140,7 +140,7 @@ def test_openai_client_with_a_key_against_the_live_server(tiny_model, tmp_path):
 
 
 def test_binding_to_the_lan_without_a_key_warns_loudly(caplog, monkeypatch):
-    from vlserve import serving
+    from vlserve.server import run as serving
     from vlserve.config import Settings
     monkeypatch.setattr(serving, "_Gunicorn", lambda s: type("G", (), {"run": lambda self: None})())
     with caplog.at_level(logging.WARNING, logger="vlserve"):

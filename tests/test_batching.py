@@ -11,10 +11,10 @@ import llama_cpp
 import pytest
 
 from conftest import data_url, wait_for
-from vlserve.batch import Sequence
-from vlserve.engine import Delta, Finished, LlamaEngine
-from vlserve.images import ImageLimits, decode_data_url
-from vlserve.protocol import parse_chat_request
+from vlserve.engine.batch import Sequence
+from vlserve.engine.llama import Delta, Finished, LlamaEngine
+from vlserve.chat.images import ImageLimits, decode_data_url
+from vlserve.chat.protocol import parse_chat_request
 
 PARALLEL = 4
 SYSTEM = "You are the assistant of a hardware shop. " * 12   # a long shared prefix (~110 tokens)
@@ -251,7 +251,7 @@ def test_no_kv_left_behind_after_200_mixed_requests(engine):
 def test_requests_arriving_together_start_together(settings):
     """While a request is still on its way in (tokenizing on its HTTP thread), an idle engine
     holds the first one's prefill back a moment, so both prompts share the first step."""
-    from vlserve.worker import Worker
+    from vlserve.engine.worker import Worker
     eng = LlamaEngine(settings.replace(parallel=2))
     worker = Worker(lambda *_: eng, queue_size=4, request_timeout=30, warmup=False).start()
     assert worker.wait_ready(30)

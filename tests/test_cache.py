@@ -7,8 +7,8 @@ import pytest
 
 from conftest import N_CTX, data_url
 from conftest import generate as run
-from vlserve.kvcache import ImageUnit, KVRecord, plan_reuse
-from vlserve.protocol import parse_chat_request
+from vlserve.engine.kvcache import ImageUnit, KVRecord, plan_reuse
+from vlserve.chat.protocol import parse_chat_request
 
 # ---- plan_reuse, a table ------------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ def test_usage_reports_cached_tokens_openai_style(client):
 def test_memory_that_cannot_be_trimmed_starts_over_correctly(engine, monkeypatch):
     """Recurrent and hybrid models refuse partial removal (llama_memory_seq_rm -> False):
     the engine must then evaluate everything again, and answer the same."""
-    import vlserve.engine as engine_module
+    import vlserve.engine.llama as engine_module
     reset(engine)
     _, turns = chat_turns(engine, (PHOTO, QUESTION), ["And the chair?"])
     final = conversation(*turns[:-1])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vlserve.context import PLACEHOLDER, fit_messages, strip_thinking
+from vlserve.chat.context import PLACEHOLDER, fit_messages, strip_thinking
 from vlserve.errors import ContextLengthError
-from vlserve.protocol import ImagePart, Message, TextPart
+from vlserve.chat.protocol import ImagePart, Message, TextPart
 
 IMAGE_TOKENS = 100
 

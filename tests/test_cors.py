@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from vlserve import cors
+from vlserve.ops import cors
 
 CHAT = "/v1/chat/completions"
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

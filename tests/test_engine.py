@@ -7,8 +7,8 @@ import pytest
 from conftest import N_CTX, data_url
 from conftest import generate as run
 from vlserve.errors import ContextLengthError
-from vlserve.images import ImageLimits, decode_data_url
-from vlserve.protocol import parse_chat_request
+from vlserve.chat.images import ImageLimits, decode_data_url
+from vlserve.chat.protocol import parse_chat_request
 
 
 def request(*parts, **params):
@@ -128,7 +128,7 @@ def test_a_load_that_fails_with_many_gpu_layers_is_retried_with_fewer(settings, 
                                                                       caplog):
     """The wiring of the out-of-memory retry: whatever fails while offloading n layers
     (model or context allocation) is tried again with fewer, down to the CPU."""
-    from vlserve import engine as engine_mod
+    from vlserve.engine import llama as engine_mod
     monkeypatch.setattr(engine_mod, "gpu_layers", lambda s: (4, 3))   # "all 3 + output"
     real_open, tried = engine_mod.LlamaEngine._open_model, []
 

@@ -1,6 +1,6 @@
 """The image path under hostile bytes (Hypothesis).
 
-The contract of `vlserve.images` (decode_data_url, prepare_image, ImageCache.decode) for
+The contract of `vlserve.chat.images` (decode_data_url, prepare_image, ImageCache.decode) for
 any input: a PreparedImage within the limits, or an ImageError / InvalidRequestError /
 PayloadTooLargeError (4xx APIErrors) — never another exception, never a hang. Through the
 chat endpoint: never a 5xx, every error in the OpenAI shape.
@@ -35,9 +35,9 @@ from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 from PIL import Image
 
-from vlserve.app import create_app
+from vlserve.web.app import create_app
 from vlserve.errors import APIError, ImageError, InvalidRequestError, PayloadTooLargeError
-from vlserve.images import (ImageCache, ImageLimits, PreparedImage, decode_data_url,
+from vlserve.chat.images import (ImageCache, ImageLimits, PreparedImage, decode_data_url,
                             limits_for_detail, prepare_image)
 
 # Pillow warns about corrupt EXIF and big images on its way to the errors checked here.
@@ -550,7 +550,7 @@ def fuzz_client(engine, settings):
 
 
 def _error_validator():
-    from vlserve import openapi
+    from vlserve.web import openapi
     doc = openapi.build_document()
     return jsonschema_rs.Draft202012Validator({"$ref": "#/components/schemas/Error",
                                                "components": doc["components"]})

@@ -1,4 +1,4 @@
-"""Tests for vlserve.gpu: memory detection, GGUF layout and the layer offload planner.
+"""Tests for vlserve.library.gpu: memory detection, GGUF layout and the layer offload planner.
 
 Fast, no GPU: nvidia-smi, sysctl and /proc/meminfo are canned, the GGUFs are generated.
 """
@@ -15,8 +15,8 @@ import gguf
 import numpy as np
 import pytest
 
-from vlserve import gpu
-from vlserve.gpu import (GiB, Layout, Memory, MiB, OffloadPlan, default_headroom, detect_memory,
+from vlserve.library import gpu
+from vlserve.library.gpu import (GiB, Layout, Memory, MiB, OffloadPlan, default_headroom, detect_memory,
                          estimate_compute_bytes, format_bytes, gpu_offload_supported,
                          kv_bytes_per_layer, load_with_fewer_layers, plan_gpu_layers, read_layout)
 

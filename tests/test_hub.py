@@ -1,4 +1,4 @@
-"""vlserve.hub against a loopback fake of the Hub (tests/fakehub.py): no test needs the internet.
+"""vlserve.library.hub against a loopback fake of the Hub (tests/fakehub.py): no test needs the internet.
 
 Every test runs with HF_HOME in a temp folder and huggingface_hub's import-time copies of
 paths and switches pointed there too, so no token, cache or setting of the machine leaks in.
@@ -18,8 +18,8 @@ import pytest
 from fakehub import FakeHub
 from huggingface_hub import constants
 
-from vlserve import hub
-from vlserve.hub import ModelFilesError, find_local, match_files, pick_pair, pull
+from vlserve.library import hub
+from vlserve.library.hub import ModelFilesError, find_local, match_files, pick_pair, pull
 
 REPO = "Qwen/Qwen3-VL-2B-Instruct-GGUF"
 MODEL = "Qwen3VL-2B-Instruct-Q4_K_M.gguf"

@@ -1,4 +1,4 @@
-"""Tests for vlserve.images: untrusted upload -> bounded RGB bitmap. Fast, no model."""
+"""Tests for vlserve.chat.images: untrusted upload -> bounded RGB bitmap. Fast, no model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from vlserve.errors import ImageError, InvalidRequestError, PayloadTooLargeError
-from vlserve.images import (ImageCache, ImageLimits, PreparedImage, decode_data_url,
+from vlserve.chat.images import (ImageCache, ImageLimits, PreparedImage, decode_data_url,
                             prepare_image)
 
 LIMITS = ImageLimits()
@@ -384,7 +384,7 @@ def test_repr_never_contains_pixels():
 # ---- ImageCache ---------------------------------------------------------------------------------
 
 def test_image_cache_decodes_a_resent_image_once(monkeypatch):
-    from vlserve import images
+    from vlserve.chat import images
     calls = []
     real = images.decode_data_url
     monkeypatch.setattr(images, "decode_data_url", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -13,8 +13,8 @@ import requests
 from werkzeug.test import EnvironBuilder
 
 from conftest import LiveServer, user
-from vlserve import limits
-from vlserve.limits import RateLimiter, StreamSlots
+from vlserve.ops import limits
+from vlserve.ops.limits import RateLimiter, StreamSlots
 
 CHAT = "/v1/chat/completions"
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

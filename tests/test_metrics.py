@@ -10,7 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import data_url, user
-from vlserve import config, metrics
+from vlserve import config
+from vlserve.ops import metrics
 
 CHAT = "/v1/chat/completions"
 METRICS_KEY, CHAT_KEY = "metrics-secret-1", "chat-secret-22"
@@ -180,7 +181,7 @@ def test_random_paths_do_not_create_route_labels(build):
 def test_the_token_rate_is_bounded_whatever_the_rate():
     """One counter per second of the window: 100k tokens (a GPU's minute) take no more room
     than one, and the rate counts only the window."""
-    from vlserve.batch import RateWindow
+    from vlserve.engine.batch import RateWindow
     now = [1000.0]
     rate = RateWindow(10, clock=lambda: now[0])
     size = (len(rate._counts), len(rate._seconds))

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, make_model
-from vlserve import catalog, startup
-from vlserve.catalog import GB, CatalogError
-from vlserve.engine import EngineLoadError, LlamaEngine
+from vlserve.library import catalog, startup
+from vlserve.library.catalog import GB, CatalogError
+from vlserve.engine.llama import EngineLoadError, LlamaEngine
 from vlserve.config import Settings
-from vlserve.gpu import Memory
-from vlserve.library import Library, PairingError, check_pair, discover, pair_directory, resolve
+from vlserve.library.gpu import Memory
+from vlserve.library.disk import Library, PairingError, check_pair, discover, pair_directory, resolve
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_discovery_walks_folders_skips_caches_and_links_catalog_entries(pairs, t
 def test_library_lists_the_started_model_first_under_its_alias(pairs, tmp_path):
     place(pairs["small"], tmp_path)
     started = place(pairs["tiny"], tmp_path / "t")
-    from vlserve.library import LocalModel
+    from vlserve.library.disk import LocalModel
     lib = Library(tmp_path, catalog.load(None), LocalModel("tiny", *started, entry=None))
     assert [m.id for m in lib.models()] == ["tiny", "qwen3vl-small-f32"]
     assert lib.get("TINY").model == started[0]

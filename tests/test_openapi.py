@@ -25,8 +25,9 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 import vlserve
-from vlserve import auth, openapi
-from vlserve.app import create_app
+from vlserve.ops import auth
+from vlserve.web import openapi
+from vlserve.web.app import create_app
 
 from conftest import LiveServer, data_url, user
 
@@ -219,7 +220,7 @@ def test_document_metadata_and_security():
 
 def test_request_schema_follows_the_parser():
     """The limits in the request schema are the ones protocol.py enforces."""
-    from vlserve import protocol
+    from vlserve.chat import protocol
     request = DOC["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert request["stop"]["oneOf"][1]["maxItems"] == protocol.MAX_STOP_STRINGS
     assert set(request["reasoning_format"]["enum"]) - {None} == set(protocol.REASONING_FORMATS)
@@ -335,7 +336,7 @@ def test_chat_max_tokens_over_the_cap_is_400(make_app):
 
 
 def test_413_body_and_image_too_large(make_app):
-    from vlserve.images import ImageLimits
+    from vlserve.chat.images import ImageLimits
     api = make_app(max_body_bytes=2000,
                                 images=ImageLimits(max_bytes=64)).test_client()
     response = chat(api, {"messages": [user("x" * 5000)]})

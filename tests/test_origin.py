@@ -22,7 +22,7 @@ import requests
 
 from browser import CHROMIUM_ARGS, chromium_path, launch
 from conftest import LiveServer, make_model, user, wait_for
-from vlserve import origin
+from vlserve.ops import origin
 from vlserve.config import Settings
 
 CHAT, LOAD, UNLOAD = "/v1/chat/completions", "/admin/models/load", "/admin/models/unload"
@@ -307,7 +307,7 @@ def test_allowed_host_option_and_its_environment_variable(monkeypatch):
     from click.testing import CliRunner
     from vlserve import cli
     seen = []
-    monkeypatch.setattr("vlserve.serving.run", seen.append)
+    monkeypatch.setattr("vlserve.server.run.run", seen.append)
     monkeypatch.setattr(cli, "_chosen_model", lambda opts: {"model": "m.gguf",
                                                              "mmproj": "p.gguf"})
     result = CliRunner().invoke(cli.main, ["serve", "--allowed-host", "mybox.lan",

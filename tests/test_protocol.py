@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from vlserve.errors import InvalidRequestError
-from vlserve.protocol import ImagePart, TextPart, parse_chat_request
-from vlserve.template import ChatTemplate, TemplateError
-from vlserve.textstream import TextStream
+from vlserve.chat.protocol import ImagePart, TextPart, parse_chat_request
+from vlserve.chat.template import ChatTemplate, TemplateError
+from vlserve.chat.textstream import TextStream
 
 OK = [{"role": "user", "content": "hi"}]
 

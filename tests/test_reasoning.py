@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from vlserve.reasoning import (
+from vlserve.chat.reasoning import (
     INLINE_PREFIX,
     ReasoningSplitter,
     inline,

@@ -1,4 +1,4 @@
-"""Remote image URLs (vlserve.remote): off by default, an allowlist of hosts, SSRF-safe.
+"""Remote image URLs (vlserve.chat.remote): off by default, an allowlist of hosts, SSRF-safe.
 
 Everything runs on loopback: a small HTTP(S) server in a thread on 127.0.0.1 serves the
 images. Loopback is a private address, so fetches that must succeed use allow_private=True;
@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from conftest import self_signed_certificate
-from vlserve import images, remote
+from vlserve.chat import images, remote
 from vlserve.errors import ImageError
-from vlserve.images import ImageCache, ImageLimits, decode_data_url, prepare_image
-from vlserve.remote import RemotePolicy, fetch_image
+from vlserve.chat.images import ImageCache, ImageLimits, decode_data_url, prepare_image
+from vlserve.chat.remote import RemotePolicy, fetch_image
 
 PARAM = "messages"
 LIMITS = ImageLimits()

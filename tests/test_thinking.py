@@ -10,8 +10,8 @@ import json
 import pytest
 
 from conftest import make_model, user
-from vlserve.app import create_app
-from vlserve.engine import Delta, Finished, LlamaEngine, Prompt
+from vlserve.web.app import create_app
+from vlserve.engine.llama import Delta, Finished, LlamaEngine, Prompt
 
 
 class ScriptedEngine:

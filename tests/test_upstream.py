@@ -17,10 +17,10 @@ from PIL import Image
 
 from conftest import data_url
 from vlserve.cli import main
-from vlserve.gateway import Gateway, SSEFrames, map_parameters, upstream_error
-from vlserve.images import ImageLimits, decode_data_url
-from vlserve.protocol import parse_chat_request
-from vlserve.upstream import Pool, UpstreamSpec, UpstreamSpecError, parse_specs
+from vlserve.gateway.forward import Gateway, SSEFrames, map_parameters, upstream_error
+from vlserve.chat.images import ImageLimits, decode_data_url
+from vlserve.chat.protocol import parse_chat_request
+from vlserve.gateway.upstream import Pool, UpstreamSpec, UpstreamSpecError, parse_specs
 
 
 # ---- --upstream / --upstream-key ------------------------------------------------------------

@@ -9,10 +9,10 @@ import threading
 import pytest
 
 from conftest import wait_for
-from vlserve.engine import Delta, Finished, LlamaEngine
+from vlserve.engine.llama import Delta, Finished, LlamaEngine
 from vlserve.errors import InternalError, ServiceUnavailableError, TimeoutError_
-from vlserve.protocol import parse_chat_request
-from vlserve.worker import Worker
+from vlserve.chat.protocol import parse_chat_request
+from vlserve.engine.worker import Worker
 
 LONG = 3000   # tokens: a generation that outlasts any wait of these tests
 

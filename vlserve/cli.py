@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from .config import Settings, auto_parallel, default
-from .images import ImageLimits
+from .chat.images import ImageLimits
 from .options import option
-from .remote import RemotePolicy
-from .upstream import UpstreamSpecError, parse_specs
+from .chat.remote import RemotePolicy
+from .gateway.upstream import UpstreamSpecError, parse_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "models" / "tiny"
@@ -221,7 +221,7 @@ def serve(**opts):
     settings = settings_from_options(opts)
     if settings.demo:
         logging.getLogger("vlserve").warning(DEMO_WARNING)
-    from .serving import run
+    from .server.run import run
     run(settings)
 
 
@@ -249,7 +249,7 @@ def settings_from_options(opts: dict) -> Settings:
     opts["cors_origins"] = tuple(o.rstrip("/") for o in opts["cors_origins"])
     opts["remote_image_hosts"] = tuple(opts["remote_image_hosts"])
     opts["allowed_hosts"] = tuple(opts["allowed_hosts"])
-    from .origin import HostPolicy
+    from .ops.origin import HostPolicy
     try:
         HostPolicy(opts["host"], opts["allowed_hosts"])
     except ValueError as exc:
@@ -276,7 +276,7 @@ def settings_from_options(opts: dict) -> Settings:
 
 def _check_keys(opts: dict) -> None:
     """A bad key file stops the start with its line number, before the model loads."""
-    from .auth import KeyFileError, load_keys
+    from .ops.auth import KeyFileError, load_keys
     try:
         load_keys(opts["api_keys"], opts["api_key_file"])
     except KeyFileError as exc:
@@ -284,7 +284,7 @@ def _check_keys(opts: dict) -> None:
 
 
 def _chosen_model(opts: dict) -> dict:
-    from .startup import StartupError, choose
+    from .library.startup import StartupError, choose
     try:
         choice = choose(opts["model"], opts["mmproj"], models_dir=Path(opts["models_dir"]),
                         quant=opts["quant"], exclude=DEMO_DIR)
@@ -326,9 +326,9 @@ def pull(name, quant, mmproj_quant, revision, models_dir):
     Resumes an interrupted download; honours HF_TOKEN, HF_HOME, HF_ENDPOINT (mirrors) and
     HF_HUB_OFFLINE (then nothing is fetched: files already present are reported, missing
     ones are named). See `vlserve models` for the catalog."""
-    from . import catalog
-    from .startup import StartupError
-    from .startup import pull as pull_entry
+    from .library import catalog
+    from .library.startup import StartupError
+    from .library.startup import pull as pull_entry
     setup_logging("info")
     try:
         known = catalog.load(Path(models_dir))
@@ -345,8 +345,8 @@ def pull(name, quant, mmproj_quant, revision, models_dir):
         help="Where local models are looked for.")
 def list_models(models_dir):
     """The catalog (with the memory each model needs) and the models on disk."""
-    from . import catalog
-    from .library import discover
+    from .library import catalog
+    from .library.disk import discover
     known = catalog.load(Path(models_dir))
     found, notes = discover(Path(models_dir), known)
     on_disk = {m.entry.id for m in found if m.entry}

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import ImageLimits
-from .remote import RemotePolicy
-from .upstream import UpstreamSpec
+from .chat.images import ImageLimits
+from .chat.remote import RemotePolicy
+from .gateway.upstream import UpstreamSpec
 
 DEFAULT_CTX = 8192   # context when neither --ctx-size nor the model's catalog entry says
 

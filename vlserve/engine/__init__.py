@@ -1,0 +1,12 @@
+"""Running a model: llama.cpp's model, context and multimodal projector behind a small
+public step API (`llama`), the continuous batcher that drives those steps for many
+sequences at once (`batch`), the KV prefix-reuse plan (`kvcache`), and the one engine
+thread with its queue, leases, switching and idle unload (`worker`, `events`).
+llama.cpp's log goes to Python logging (`llamalog`).
+
+A llama.cpp object is touched only by the engine thread, or by an HTTP thread under a
+lease (`Worker.lease`); it is freed only when no lease is held.
+
+May import: `chat` (the request, prompt and answer shapes), `library` (pairing checks, GPU
+planning), `config`, `errors`.
+"""

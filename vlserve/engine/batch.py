@@ -1,0 +1,375 @@
+"""Continuous batching: several requests decoded together in one llama.cpp context.
+
+The context has `n_seq_max = N` sequences ("slots"). Each `step()`:
+
+1. drops the requests whose client left or whose deadline passed;
+2. evaluates at most one image, for the first request (in arrival order) whose prompt has
+   reached one: the vision encoder is serial, so one image per step keeps it from starving
+   the other sequences' decoding;
+3. builds one `llama_batch` holding the next token of every generating sequence plus slices
+   of pending prompts (chunked prefill: while anyone is generating a slice is at most
+   `n_ubatch` tokens, so a long new prompt does not stall the others), decodes it once;
+4. samples each sequence that has fresh logits with its own sampler (its own parameters,
+   seed and penalty history) and hands the token's text to its request.
+
+Requests join between steps (`admit`) and leave when they finish, freeing their slot. A slot
+keeps the KV of its last conversation after it frees (the prefix cache, per sequence): a new
+request takes the free slot that shares the most with it — a follow-up lands where its
+conversation is — and when another slot (busy or not) shares a longer prefix, such as a long
+system prompt or the same photo, that prefix is copied over with `llama_memory_seq_cp`
+instead of being evaluated again.
+
+Memory: each sequence may use a whole --ctx-size (the engine's `n_ctx`); the context holds
+N of them. By default in one unified buffer (copies between sequences only touch cell
+metadata, and a lone request decodes as fast as with one sequence); with
+`kv_unified=False` each sequence has its own stream (a copy then copies a whole stream).
+One worker thread drives a Batcher.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import llama_cpp
+
+from .llama import Delta, Finished
+from ..errors import APIError, InternalError
+from .kvcache import ImageUnit, KVRecord, n_tokens, plan_reuse
+from ..chat.protocol import SamplingParams
+from ..chat.textstream import TextStream
+
+COPY_MIN = 32        # shared tokens worth copying from another sequence instead of evaluating
+RATE_WINDOW = 10     # seconds over which the aggregate tokens/s is measured
+
+
+class RateWindow:
+    """Events per second over the last `window` seconds, in one counter per second: memory
+    is fixed whatever the rate, and any thread may read it while the engine thread counts."""
+
+    def __init__(self, window: int = RATE_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.window, self._clock = window, clock
+        self._counts = [0] * window
+        self._seconds = [-1] * window     # which whole second each counter holds
+        self._lock = threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        second = int(self._clock())
+        i = second % self.window
+        with self._lock:
+            if self._seconds[i] != second:
+                self._seconds[i], self._counts[i] = second, 0
+            self._counts[i] += n
+
+    def rate(self) -> float:
+        now = int(self._clock())
+        with self._lock:
+            total = sum(c for c, sec in zip(self._counts, self._seconds)
+                        if now - self.window < sec <= now)
+        return total / self.window
+
+
+@dataclass
+class Sequence:
+    """One request as the batcher sees it: what to run, when to give up, where events go."""
+    prompt: object                       # engine.Prompt
+    params: SamplingParams
+    stop: Callable[[], bool]             # the client left or the deadline passed
+    emit: Callable[[object], None]       # Delta | Finished | an exception
+
+
+class _Slot:
+    """One llama.cpp sequence: the KV it holds and the request it serves (if any)."""
+
+    def __init__(self, seq_id: int):
+        self.seq_id = seq_id
+        self.kv = KVRecord()
+        self.req: Sequence | None = None
+        self.last_used = 0.0
+        self.admitted = 0.0
+
+    def start(self, req: Sequence, skip: int) -> None:
+        self.req, self.cursor, self.first = req, skip, skip
+        self.cached = n_tokens(self.kv.units)
+        self.evaluated = n_tokens(req.prompt.units[skip:])
+        self.sampler = None                    # made when the prompt is in
+        self.stream = TextStream(req.params.stop)
+        self.n_out, self.budget = 0, 0
+        self.pending: tuple[int, bytes] | None = None   # sampled, to decode next step
+        self.t0, self.t1 = time.monotonic(), None
+        self.stats = {"images_encoded": 0, "images_from_cache": 0, "image_encode_ms": 0.0}
+        self.admitted = self.t0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.req is not None and self.cursor < len(self.req.prompt.units)
+
+
+class Batcher:
+    def __init__(self, engine, n_seq: int, *, unified: bool):
+        self.engine = engine
+        self.slots = [_Slot(i) for i in range(n_seq)]
+        self.unified = unified
+        # One worker thread drives a batcher; the lock keeps it whole if several ever do
+        # (apps sharing one engine in the tests, engine.generate() beside a worker).
+        self._lock = threading.RLock()
+        # for /metrics: decode steps, the tokens and sequences in them, tokens generated
+        self.steps = self.step_tokens = self.step_sequences = 0
+        self.generated = RateWindow()
+
+    # -- what the worker asks --
+
+    @property
+    def active(self) -> int:
+        return sum(s.req is not None for s in self.slots)
+
+    @property
+    def free(self) -> int:
+        return len(self.slots) - self.active
+
+    @property
+    def starting(self) -> int:
+        """Requests admitted whose prompt has not begun: their first slice is still to come."""
+        return sum(s.prefilling and s.cursor == s.first for s in self.slots)
+
+    def stats(self) -> dict:
+        """For /metrics (any thread): sequences, decode steps, the tokens and sequences in
+        them, and the tokens all sequences generated per second over the last RATE_WINDOW."""
+        return {"parallel": len(self.slots), "busy": self.active, "steps": self.steps,
+                "step_tokens": self.step_tokens, "step_sequences": self.step_sequences,
+                "tokens_per_second": self.generated.rate()}
+
+    def admit(self, req: Sequence) -> None:
+        """Give the request the free slot that shares the most with its prompt (copying a
+        longer shared prefix from another slot when there is one). There must be one free."""
+        with self._lock:
+            units = req.prompt.units
+            piece = lambda i: self.engine._piece(units[i], special=True)  # noqa: E731
+            plans = {s: self._plan(s, units, piece) for s in self.slots}
+            free = [s for s in self.slots if s.req is None]
+            if not free:   # the worker admits only while `free`; say so if a caller did not
+                raise InternalError("no free sequence for the request")
+            # the free slot where this prompt saves the most, net of the cached tokens it
+            # would throw away (another conversation's cache is worth keeping); then LRU
+            slot = max(free, key=lambda s: (plans[s][1] - (len(s.kv.units) - plans[s][0]),
+                                            -s.last_used))
+            donor = max((s for s in self.slots if s is not slot), key=lambda s: plans[s][1],
+                        default=None)
+            if donor is not None and plans[donor][1] >= plans[slot][1] + COPY_MIN:
+                self._copy(donor, slot, plans[donor][0])
+                plans[slot] = self._plan(slot, units, piece)
+            keep, skip = plans[slot]
+            p0 = slot.kv.truncate(keep)
+            if not llama_cpp.llama_memory_seq_rm(self._memory(), slot.seq_id, p0, -1):
+                self._forget(slot)   # memory that cannot be cut (recurrent models): start over
+                skip = 0
+            slot.start(req, skip)
+
+    def step(self) -> None:
+        """One round: every active request advances by a token or a prompt slice."""
+        with self._lock:
+            for slot in self.slots:
+                if slot.req is not None and slot.req.stop():
+                    self._finish(slot, "cancelled")
+            self._image_step()
+            items, owners = self._build()
+            if not items:
+                return
+            try:
+                self.engine._decode_items(items)
+            except Exception as exc:   # the KV of every sequence in the batch is in doubt
+                for slot in {s for s, _ in owners}:
+                    self._fail(slot, exc)
+                return
+            self.steps += 1
+            self.step_tokens += len(items)
+            self.step_sequences += len({s for s, _ in owners})
+            self._after_decode(items, owners)
+
+    def close(self) -> None:
+        with self._lock:
+            for slot in self.slots:
+                if slot.req is not None:
+                    self._finish(slot, "cancelled")
+
+    def forget_all(self) -> None:
+        with self._lock:
+            llama_cpp.llama_memory_clear(self._memory(), True)
+            for slot in self.slots:
+                slot.kv.clear()
+
+    def kv_tokens(self) -> int:
+        return sum(n_tokens(s.kv.units) for s in self.slots)
+
+    # -- admission helpers --
+
+    def _plan(self, slot: _Slot, units, piece) -> tuple[int, int]:
+        kv = slot.kv
+        cached_piece = lambda i: kv.pieces.get(i) or self.engine._piece(  # noqa: E731
+            kv.units[i], special=True)
+        return plan_reuse(kv.units, cached_piece, units, piece)
+
+    def _copy(self, donor: _Slot, slot: _Slot, keep: int) -> None:
+        """slot's KV := donor's first `keep` units. Within one buffer (unified) only cell
+        metadata changes; across streams llama.cpp copies the whole stream, then we cut."""
+        memory, src, dst = self._memory(), donor.seq_id, slot.seq_id
+        end = donor.kv.starts[keep] if keep < len(donor.kv.units) else donor.kv.end
+        llama_cpp.llama_memory_seq_rm(memory, dst, -1, -1)
+        if self.unified:
+            llama_cpp.llama_memory_seq_cp(memory, src, dst, 0, end)
+        else:
+            llama_cpp.llama_memory_seq_cp(memory, src, dst, -1, -1)
+            llama_cpp.llama_memory_seq_rm(memory, dst, end, -1)
+        slot.kv = KVRecord(units=donor.kv.units[:keep], starts=donor.kv.starts[:keep],
+                           pieces={i: p for i, p in donor.kv.pieces.items() if i < keep},
+                           end=end)
+
+    # -- one step --
+
+    def _image_step(self) -> None:
+        """The next image of the first (oldest) prompt that has reached one."""
+        waiting = [s for s in self.slots if s.prefilling
+                   and isinstance(s.req.prompt.units[s.cursor], ImageUnit)]
+        if not waiting:
+            return
+        slot = min(waiting, key=lambda s: s.admitted)
+        unit = slot.req.prompt.units[slot.cursor]
+        try:
+            self.engine._eval_image(slot.req.prompt.images[slot.cursor], unit, slot.seq_id,
+                                    slot.kv.end, slot.stats)
+        except Exception as exc:
+            self._forget(slot)
+            self._fail(slot, exc)
+            return
+        slot.kv.append(unit, unit.n_pos)
+        slot.cursor += 1
+
+    def _build(self):
+        """(items, owners): batch items (token, pos, seq, logits) and, per item, its slot
+        and what it is: ("gen", piece) for a sampled token, ("pre", last?) for a prompt's."""
+        items, owners = [], []
+        for slot in self.slots:
+            if slot.req is not None and slot.pending is not None:
+                token, piece = slot.pending
+                items.append((token, slot.kv.end, slot.seq_id, True))
+                owners.append((slot, ("gen", piece)))
+        generating = bool(items)
+        n_batch = self.engine.settings.n_batch
+        room = n_batch - len(items)
+        if generating:   # a long new prompt comes in slices: the others keep their pace
+            room = min(room, self.engine.settings.n_ubatch)
+        for slot in sorted((s for s in self.slots if s.prefilling), key=lambda s: s.admitted):
+            units, pos = slot.req.prompt.units, slot.kv.end
+            j = slot.cursor
+            while j < len(units) and room > 0 and not isinstance(units[j], ImageUnit):
+                last = j == len(units) - 1
+                items.append((units[j], pos, slot.seq_id, last))
+                owners.append((slot, ("pre", last)))
+                pos, j, room = pos + 1, j + 1, room - 1
+        return items, owners
+
+    def _after_decode(self, items, owners) -> None:
+        sample = []
+        for i, ((token, _pos, _seq, _logits), (slot, (kind, extra))) in \
+                enumerate(zip(items, owners)):
+            if kind == "gen":
+                slot.kv.append(token, 1, extra)
+                slot.pending = None
+                sample.append((slot, i))
+            else:
+                slot.kv.append(token, 1)
+                slot.cursor += 1
+                if extra:   # the prompt's last token: the answer starts here
+                    self._prompt_done(slot)
+                    sample.append((slot, i))
+        for slot, index in sample:
+            if slot.req is not None:
+                self._sample(slot, index)
+
+    def _prompt_done(self, slot: _Slot) -> None:
+        slot.t1 = time.monotonic()
+        slot.sampler = self.engine._sampler(slot.req.params)
+        slot.budget = min(slot.req.prompt.max_new_tokens,
+                          self.engine.n_ctx - n_tokens(slot.kv.units))
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        if slot.n_out >= slot.budget:
+            self._finish(slot, "length")
+            return
+        engine = self.engine
+        token = slot.sampler.sample(engine._ctx, index)
+        if llama_cpp.llama_vocab_is_eog(engine._vocab, token):
+            self._finish(slot, "stop")
+            return
+        slot.n_out += 1
+        self.generated.add()
+        piece = engine._piece(token)
+        text, hit = slot.stream.feed(piece)
+        if text:
+            slot.req.emit(Delta(text))
+        if hit:
+            self._finish(slot, "stop")
+        elif slot.n_out >= slot.budget:
+            self._finish(slot, "length")
+        else:
+            slot.pending = (token, piece)
+
+    # -- leaving --
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        req = slot.req
+        if reason != "stop" and (tail := slot.stream.flush()):
+            req.emit(Delta(tail))
+        prompt_tokens = slot.cached + slot.evaluated
+        if slot.t1 is None:   # stopped before its prompt was in
+            done = Finished(reason, prompt_tokens, 0)
+        else:
+            t2 = time.monotonic()
+            decode_s = t2 - slot.t1
+            done = Finished(reason, prompt_tokens, slot.n_out, {
+                "prompt_ms": round((slot.t1 - slot.t0) * 1000, 2),
+                "prompt_tokens_evaluated": slot.evaluated,
+                "cached_tokens": slot.cached,
+                "image_encode_ms": round(slot.stats["image_encode_ms"], 2),
+                "images_encoded": slot.stats["images_encoded"],
+                "images_from_cache": slot.stats["images_from_cache"],
+                "predicted_ms": round(decode_s * 1000, 2),
+                "decode_tokens_per_s": (round(slot.n_out / decode_s, 2)
+                                        if decode_s > 0 and slot.n_out else 0.0),
+            }, cached_tokens=slot.cached)
+        # free the sequence before the request hears it is done: a client that has its whole
+        # answer must not then see its sequence still busy (in /health, /metrics)
+        self._release(slot)
+        req.emit(done)
+
+    def _fail(self, slot: _Slot, exc: Exception) -> None:
+        if not isinstance(exc, APIError):
+            exc = InternalError(f"generation failed: {type(exc).__name__}")
+        try:
+            self._forget(slot)
+        except APIError:
+            pass   # the request fails anyway, with the first error
+        req = slot.req
+        self._release(slot)
+        req.emit(exc)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            slot.sampler.close()
+            slot.sampler = None
+        slot.req, slot.pending = None, None
+        slot.last_used = time.monotonic()
+
+    def _forget(self, slot: _Slot) -> None:
+        if llama_cpp.llama_memory_seq_rm(self._memory(), slot.seq_id, -1, -1):
+            slot.kv.clear()
+        elif not any(s.req is not None and s is not slot for s in self.slots):
+            self.forget_all()   # a memory that refuses even that: clear it all (idle only)
+        else:
+            slot.kv.clear()
+            raise InternalError("the KV cache could not free a sequence")
+
+    def _memory(self):
+        return llama_cpp.llama_get_memory(self.engine._ctx.ctx)
