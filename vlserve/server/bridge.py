@@ -16,7 +16,7 @@ answer. Here (gunicorn's `gasgi` worker, still one process: the model lives in i
 - only then does a2wsgi run the Flask app in one of --http-threads threads; the response goes
   out as it is made (each SSE event is written when the app yields it).
 - a client that leaves is seen by the event loop (the ASGI `http.disconnect`):
-  `serving.client_gone(environ)` tells a waiting request, and the app's next write raises
+  `web.client.client_gone(environ)` tells a waiting request, and the app's next write raises
   `ClientGone`, so a stream's generator is closed (GeneratorExit), as under a threaded server.
 """
 
@@ -33,10 +33,10 @@ from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
 from ..errors import RequestTimeoutError
+from ..web.client import GONE
 
 log = logging.getLogger("vlserve.access")
 
-GONE = "vlserve.client_gone"   # environ key: a Future, done once the client has left
 TOO_SLOW, LEFT = object(), object()   # what reading a body may come to instead of the body
 
 

@@ -9,12 +9,9 @@ worker after the fork: llama.cpp's threads and GPU handles do not survive a fork
 from __future__ import annotations
 
 import logging
-import select
-import socket
 
 from gunicorn.app.base import BaseApplication
 
-from .bridge import GONE
 from ..config import Settings
 
 log = logging.getLogger("vlserve")
@@ -62,37 +59,6 @@ class _Gunicorn(BaseApplication):
         s = self.settings
         return ThreadedApp(create_app(s), threads=s.http_threads, body_timeout=s.body_timeout,
                            body_min_rate=s.body_min_rate, max_body=s.max_body_bytes)
-
-
-def client_gone(environ: dict) -> bool:
-    """True when the client of this request has closed its connection (asked while a request
-    waits for its answer). Under gunicorn the event loop saw the hang-up (bridge.py); under
-    Flask's server (--dev, tests) the kernel is asked whether the peer hung up (POLLRDHUP)
-    rather than the socket read: a TLS socket cannot be peeked at, and a client sends
-    nothing else while it waits."""
-    gone = environ.get(GONE)
-    if gone is not None:
-        return gone.done()
-    sock = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
-    if sock is None:
-        return False
-    try:
-        fd = sock.fileno()
-    except (OSError, ValueError):
-        return True        # closed already
-    if fd < 0:
-        return True
-    if hasattr(select, "POLLRDHUP"):   # Linux
-        poller = select.poll()
-        poller.register(fd, select.POLLRDHUP)
-        return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
-                   for _, mask in poller.poll(0))
-    try:               # elsewhere: a plain socket that reads as EOF has been closed
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError, ValueError):   # no data; or TLS: unknown
-        return False
-    except OSError:
-        return True
 
 
 def run(settings: Settings) -> None:

@@ -21,7 +21,7 @@ from ..library.disk import Library, LocalModel
 from ..chat.protocol import (ChatRequest, ImagePart, chunk, completion, new_completion_id,
                        parse_chat_request, usage_dict)
 from ..chat.reasoning import INLINE_PREFIX, ReasoningSplitter, split_reasoning
-from ..server.run import client_gone
+from .client import client_gone
 from ..gateway.upstream import LOCAL
 from ..engine.worker import Job, Worker
 
@@ -382,7 +382,7 @@ def _fit(req: ChatRequest, engine, images, reserve: int) -> Fit:
 
 
 def _client_gone() -> bool:
-    """True when this request's client has closed its connection (serving.client_gone)."""
+    """True when this request's client has closed its connection (client.client_gone)."""
     return client_gone(request.environ)
 
 
