@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from .fields import Choice, DefaultOnly, Flag, Number, Options, Text, Texts, bad, text
+from .fields import (Choice, DefaultOnly, Flag, Number, Options, Text, Texts, bad, nullable,
+                     text)
 
 ROLES = {"system", "developer", "user", "assistant"}
 DETAILS = {"low", "auto", "high"}
@@ -179,6 +180,58 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
         include_usage=options["include_usage"],
         reasoning_inline=reasoning == "inline",
     )
+
+
+def request_schemas(ref: Callable[[str], dict]) -> dict:
+    """The request's JSON Schemas by name (`ChatCompletionRequest`, `ChatMessage`,
+    `TextPart`, `ImagePart`), for the OpenAPI document; `ref(name)` points at one of them."""
+    string = {"type": "string"}
+    text_part = {"type": "object", "title": "Text part", "required": ["type", "text"],
+                 "properties": {"type": {"const": "text"}, "text": string}}
+    image_url = {"type": "object", "required": ["url"], "properties": {
+        "url": string,
+        "detail": nullable({"type": "string", "enum": sorted(DETAILS), "description": (
+            "`low` caps the image at 512x512; `auto` and `high` use the server's limits. "
+            "Default `auto`.")})}}
+    image_part = {"type": "object", "title": "Image part", "required": ["type", "image_url"],
+                  "properties": {"type": {"const": "image_url"}, "image_url": {
+                      "description": (
+                          "The image as a base64 `data:` URL (`data:image/png;base64,...`; "
+                          "PNG, JPEG, WebP, GIF (first frame), BMP), or an object with it. "
+                          "`http(s)://` URLs are fetched only from hosts the operator allowed "
+                          "(`--remote-image-host`); other URLs get 400."),
+                      "oneOf": [string, image_url]}}}
+    texts = {"type": "array", "items": ref("TextPart")}
+    any_parts = {"type": "array", "items": {"oneOf": [ref("TextPart"), ref("ImagePart")]}}
+
+    def message(title: str, role: dict, content: list, required=("role", "content")):
+        return {"type": "object", "title": title, "required": list(required),
+                "properties": {"role": role, "content": {"oneOf": content}}}
+
+    chat_message = {
+        "description": "One turn. `developer` is a synonym of `system`. Images are accepted "
+                       "in user messages only.",
+        "oneOf": [
+            message("System message", {"enum": sorted(ROLES - {"user", "assistant"})},
+                    [string, texts]),
+            message("User message", {"const": "user"}, [string, any_parts]),
+            message("Assistant message", {"const": "assistant"},
+                    [string, texts, {"type": "null"}], required=("role",))]}
+    refused = ", ".join(f"`{k}`" for k in UNSUPPORTED)
+    properties = {f.name: f.schema() for f in FIELDS}
+    request = {
+        "type": "object", "required": ["messages"],
+        "description": "OpenAI's chat-completions request, the parts of it this server "
+                       f"implements. {refused} are refused with 400 unless null, false or "
+                       "empty; other unknown fields are ignored. Numbers that must be "
+                       "integers must be written without a fraction (`8`, not `8.0`). A null "
+                       "field means its default.",
+        "properties": {"model": properties.pop("model"),
+                       "messages": {"type": "array", "minItems": 1,
+                                    "items": ref("ChatMessage")},
+                       **properties}}
+    return {"ChatCompletionRequest": request, "ChatMessage": chat_message,
+            "TextPart": text_part, "ImagePart": image_part}
 
 
 # ---- response shapes -------------------------------------------------------------------

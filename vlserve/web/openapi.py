@@ -1,9 +1,11 @@
 """The API's OpenAPI 3.1 document, served at GET /openapi.json (open, like /health).
 
-Built in Python from the same constants the request parser uses (roles, image details,
-reasoning formats, the stop-string limit, key scopes), so the two cannot drift apart
-silently; tests/test_openapi.py checks it against the routes and against real responses,
-and runs schemathesis with it against a live server.
+The chat request's schemas are the parser's own declarations (`chat.protocol.
+request_schemas`: each field's type, range, choices and default, as it checks them), and
+the key scopes are `ops.auth`'s, so neither can drift from the server silently. The
+responses, paths and security are written here; tests/test_openapi.py checks them against
+the routes and against real responses, and runs schemathesis with the document against a
+live server.
 
 The chat page's routes (/, /chat.html, /static/...) are not API and are left out.
 """
@@ -17,7 +19,7 @@ from flask import Blueprint, jsonify
 
 from .. import __version__
 from ..ops.auth import SCOPES
-from ..chat.protocol import DETAILS, MAX_STOP_STRINGS, REASONING_FORMATS, ROLES, UNSUPPORTED
+from ..chat.protocol import request_schemas
 
 bp = Blueprint("openapi", __name__)
 
@@ -43,16 +45,6 @@ def _ref(name: str) -> dict:
 
 def _response(name: str) -> dict:
     return {"$ref": f"#/components/responses/{name}"}
-
-
-def _nullable(schema: dict) -> dict:
-    """`schema` or null (3.1 style: a type list), for fields where null means the default."""
-    out = dict(schema)
-    kind = out.get("type")
-    out["type"] = [kind, "null"] if isinstance(kind, str) else [*kind, "null"]
-    if "enum" in out:
-        out["enum"] = [*out["enum"], None]
-    return out
 
 
 def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
@@ -130,103 +122,6 @@ ERROR_HEADERS = {401: WWW_AUTHENTICATE, 429: RETRY_AFTER, 503: RETRY_AFTER}
 # ---- schemas ------------------------------------------------------------------------------
 
 def _schemas() -> dict:
-    text_part = {
-        "type": "object", "title": "Text part", "required": ["type", "text"],
-        "properties": {"type": {"const": "text"}, "text": STRING}}
-    image_part = {
-        "type": "object", "title": "Image part", "required": ["type", "image_url"],
-        "properties": {
-            "type": {"const": "image_url"},
-            "image_url": {
-                "description": "The image as a base64 `data:` URL (`data:image/png;base64,...`;"
-                               " PNG, JPEG, WebP, GIF (first frame), BMP), or an object with "
-                               "it. `http(s)://` URLs are fetched only from hosts the "
-                               "operator allowed (`--remote-image-host`); other URLs get 400.",
-                "oneOf": [
-                    STRING,
-                    {"type": "object", "required": ["url"], "properties": {
-                        "url": STRING,
-                        "detail": _nullable({
-                            "type": "string", "enum": sorted(DETAILS),
-                            "description": "`low` caps the image at 512x512; `auto` and "
-                                           "`high` use the server's limits. Default `auto`."}),
-                    }},
-                ]}}}
-    text_parts = {"type": "array", "items": _ref("TextPart")}
-    roles_text = sorted(ROLES - {"user", "assistant"})
-    message = {
-        "description": "One turn. `developer` is a synonym of `system`. Images are accepted "
-                       "in user messages only.",
-        "oneOf": [
-            {"type": "object", "title": "System message", "required": ["role", "content"],
-             "properties": {"role": {"enum": roles_text},
-                            "content": {"oneOf": [STRING, text_parts]}}},
-            {"type": "object", "title": "User message", "required": ["role", "content"],
-             "properties": {"role": {"const": "user"}, "content": {"oneOf": [
-                 STRING, {"type": "array", "items": {"oneOf": [_ref("TextPart"),
-                                                                 _ref("ImagePart")]}}]}}},
-            {"type": "object", "title": "Assistant message", "required": ["role"],
-             "properties": {"role": {"const": "assistant"},
-                            "content": {"oneOf": [STRING, text_parts, {"type": "null"}]}}},
-        ]}
-    unsupported = ", ".join(f"`{k}`" for k in UNSUPPORTED)
-    request = {
-        "type": "object", "required": ["messages"],
-        "description": "OpenAI's chat-completions request, the parts of it this server "
-                       f"implements. {unsupported} are refused with 400 unless null, false "
-                       "or empty; other unknown fields are ignored. Numbers that must be "
-                       "integers must be written without a fraction (`8`, not `8.0`). A null "
-                       "field means its default.",
-        "properties": {
-            "model": _nullable({
-                "type": "string",
-                "description": "A model on this server (an id from /v1/models, a catalog name "
-                               "or a GGUF file name) switches to it (unless the server runs "
-                               "with `--no-switch-on-request`); any other name is answered by "
-                               "the loaded model."}),
-            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
-            "stream": {"type": "boolean", "default": False,
-                       "description": "Server-sent events: `data: {chunk}` ... `data: [DONE]`."},
-            "stream_options": _nullable({
-                "type": "object",
-                "properties": {"include_usage": {
-                    "type": "boolean", "default": False,
-                    "description": "A last chunk with `usage` and no choices."}}}),
-            "max_tokens": _nullable({
-                "type": "integer", "minimum": 1,
-                "description": "At most the server's `--max-tokens-cap` (default: the context "
-                               "size); above it 400. Default: what is left of the context."}),
-            "max_completion_tokens": _nullable({
-                "type": "integer", "minimum": 1,
-                "description": "Same as max_tokens; wins when both are set."}),
-            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2,
-                                      "default": 0.8}),
-            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1, "default": 0.95}),
-            "top_k": _nullable({"type": "integer", "minimum": 0, "maximum": 1_000_000,
-                                "default": 40, "description": "0 = off."}),
-            "min_p": _nullable({"type": "number", "minimum": 0, "maximum": 1, "default": 0.05}),
-            "presence_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2,
-                                           "default": 0}),
-            "frequency_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2,
-                                            "default": 0}),
-            "repeat_penalty": _nullable({"type": "number", "minimum": 0.01, "maximum": 10,
-                                         "default": 1}),
-            "seed": _nullable({"type": "integer", "minimum": -2**63, "maximum": 2**64 - 1,
-                               "description": "Negative: random. Default: the server's "
-                                              "`--seed`."}),
-            "stop": {"description": f"Up to {MAX_STOP_STRINGS} non-empty stop strings.",
-                     "oneOf": [{"type": "string", "minLength": 1},
-                               {"type": "array", "maxItems": MAX_STOP_STRINGS,
-                                "items": {"type": "string", "minLength": 1}},
-                               {"type": "null"}]},
-            "n": _nullable({"type": "integer", "minimum": 1, "maximum": 1, "default": 1,
-                            "description": "Only one choice is supported."}),
-            "reasoning_format": _nullable({
-                "type": "string", "enum": sorted(REASONING_FORMATS), "default": "auto",
-                "description": "Thinking models: `none` keeps the reasoning inline in "
-                               "`content` as `<think>...</think>`; the others put it in "
-                               "`reasoning_content`."}),
-        }}
     prompt_details = {
         "type": "object", "required": ["cached_tokens", "image_tokens"],
         "properties": {"cached_tokens": COUNT, "image_tokens": COUNT}}
@@ -416,8 +311,7 @@ def _schemas() -> dict:
             "load_seconds": {"type": ["number", "null"]},
             "time": {"type": "number", "description": "Unix time of the event."}}}
     return {
-        "ChatCompletionRequest": request, "ChatMessage": message,
-        "TextPart": text_part, "ImagePart": image_part,
+        **request_schemas(_ref),
         "ChatCompletion": completion, "ChatCompletionChunk": chunk,
         "ChatCompletionEvent": _sse_event(
             {"anyOf": [_ref("ChatCompletionChunk"), _ref("Error")]}, done=True,
