@@ -38,6 +38,12 @@ def nullable(schema: dict) -> dict:
     return out
 
 
+def object_schema(properties: dict, required: list[str] | None = None, **more) -> dict:
+    """An object's JSON Schema; `required` None: every property is."""
+    return {"type": "object", "required": list(properties) if required is None else required,
+            "properties": properties, **more}
+
+
 def _plain(number: float) -> float:
     """A limit as JSON Schema shows it: 2, not 2.0 (the same number to a validator)."""
     return int(number) if isinstance(number, float) and number.is_integer() else number

@@ -1,7 +1,11 @@
-"""OpenAI chat-completions request parsing and response shapes.
+"""OpenAI chat-completions request parsing and response shapes, and their JSON Schemas.
 
 `parse_chat_request` turns an untrusted JSON body into frozen dataclasses or raises an
 `InvalidRequestError` naming the offending field; nothing past this module sees raw JSON.
+The request's top-level fields are declared once (with `fields`): the parser reads each
+with its declaration, and `request_schemas` renders the same declarations for the OpenAPI
+document; messages and their parts are parsed by code with their schemas beside it.
+`answer_schemas` describes what `completion`, `chunk` and `usage_dict` build.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .fields import (Choice, DefaultOnly, Flag, Number, Options, Text, Texts, bad, nullable,
-                     text)
+                     object_schema, text)
 
 ROLES = {"system", "developer", "user", "assistant"}
 DETAILS = {"low", "auto", "high"}
@@ -186,27 +190,23 @@ def request_schemas(ref: Callable[[str], dict]) -> dict:
     """The request's JSON Schemas by name (`ChatCompletionRequest`, `ChatMessage`,
     `TextPart`, `ImagePart`), for the OpenAPI document; `ref(name)` points at one of them."""
     string = {"type": "string"}
-    text_part = {"type": "object", "title": "Text part", "required": ["type", "text"],
-                 "properties": {"type": {"const": "text"}, "text": string}}
-    image_url = {"type": "object", "required": ["url"], "properties": {
-        "url": string,
-        "detail": nullable({"type": "string", "enum": sorted(DETAILS), "description": (
-            "`low` caps the image at 512x512; `auto` and `high` use the server's limits. "
-            "Default `auto`.")})}}
-    image_part = {"type": "object", "title": "Image part", "required": ["type", "image_url"],
-                  "properties": {"type": {"const": "image_url"}, "image_url": {
-                      "description": (
-                          "The image as a base64 `data:` URL (`data:image/png;base64,...`; "
-                          "PNG, JPEG, WebP, GIF (first frame), BMP), or an object with it. "
-                          "`http(s)://` URLs are fetched only from hosts the operator allowed "
-                          "(`--remote-image-host`); other URLs get 400."),
-                      "oneOf": [string, image_url]}}}
+    text_part = object_schema({"type": {"const": "text"}, "text": string}, title="Text part")
+    image_url = object_schema({"url": string, "detail": nullable({
+        "type": "string", "enum": sorted(DETAILS),
+        "description": "`low` caps the image at 512x512; `auto` and `high` use the server's "
+                       "limits. Default `auto`."})}, ["url"])
+    image_part = object_schema({"type": {"const": "image_url"}, "image_url": {
+        "description": "The image as a base64 `data:` URL (`data:image/png;base64,...`; PNG, "
+                       "JPEG, WebP, GIF (first frame), BMP), or an object with it. "
+                       "`http(s)://` URLs are fetched only from hosts the operator allowed "
+                       "(`--remote-image-host`); other URLs get 400.",
+        "oneOf": [string, image_url]}}, title="Image part")
     texts = {"type": "array", "items": ref("TextPart")}
     any_parts = {"type": "array", "items": {"oneOf": [ref("TextPart"), ref("ImagePart")]}}
 
-    def message(title: str, role: dict, content: list, required=("role", "content")):
-        return {"type": "object", "title": title, "required": list(required),
-                "properties": {"role": role, "content": {"oneOf": content}}}
+    def message(title: str, role: dict, content: list, required=None) -> dict:
+        return object_schema({"role": role, "content": {"oneOf": content}}, required,
+                             title=title)
 
     chat_message = {
         "description": "One turn. `developer` is a synonym of `system`. Images are accepted "
@@ -216,20 +216,17 @@ def request_schemas(ref: Callable[[str], dict]) -> dict:
                     [string, texts]),
             message("User message", {"const": "user"}, [string, any_parts]),
             message("Assistant message", {"const": "assistant"},
-                    [string, texts, {"type": "null"}], required=("role",))]}
+                    [string, texts, {"type": "null"}], ["role"])]}
     refused = ", ".join(f"`{k}`" for k in UNSUPPORTED)
-    properties = {f.name: f.schema() for f in FIELDS}
-    request = {
-        "type": "object", "required": ["messages"],
-        "description": "OpenAI's chat-completions request, the parts of it this server "
-                       f"implements. {refused} are refused with 400 unless null, false or "
-                       "empty; other unknown fields are ignored. Numbers that must be "
-                       "integers must be written without a fraction (`8`, not `8.0`). A null "
-                       "field means its default.",
-        "properties": {"model": properties.pop("model"),
-                       "messages": {"type": "array", "minItems": 1,
-                                    "items": ref("ChatMessage")},
-                       **properties}}
+    request = object_schema(
+        {"messages": {"type": "array", "minItems": 1, "items": ref("ChatMessage")},
+         **{f.name: f.schema() for f in FIELDS}},
+        ["messages"],
+        description="OpenAI's chat-completions request, the parts of it this server "
+                    f"implements. {refused} are refused with 400 unless null, false or "
+                    "empty; other unknown fields are ignored. Numbers that must be integers "
+                    "must be written without a fraction (`8`, not `8.0`). A null field "
+                    "means its default.")
     return {"ChatCompletionRequest": request, "ChatMessage": chat_message,
             "TextPart": text_part, "ImagePart": image_part}
 
@@ -268,3 +265,43 @@ def completion(cid: str, model: str, text: str, finish_reason: str, usage: dict,
             "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
                          "message": message}],
             "usage": usage, **(extra or {})}
+
+
+def answer_schemas(ref: Callable[[str], dict]) -> dict:
+    """The JSON Schemas of what `completion`, `chunk` and `usage_dict` build
+    (`ChatCompletion`, `ChatCompletionChunk`, `Usage`), for the OpenAPI document; `ref(name)`
+    points at a schema, `Timings` and `Context` included (the engine's and the web's)."""
+    count, string = {"type": "integer", "minimum": 0}, {"type": "string"}
+
+    def answer(kind: str, choices: dict) -> dict:
+        return {"id": {"type": "string", "pattern": "^chatcmpl-"}, "object": {"const": kind},
+                "created": {"type": "integer"}, "model": string, "choices": choices,
+                "usage": ref("Usage"), "timings": ref("Timings"), "context": ref("Context")}
+
+    always = ["id", "object", "created", "model", "choices"]
+    message = object_schema({"role": {"const": "assistant"}, "content": string,
+                             "reasoning_content": {
+                                 "type": "string",
+                                 "description": "A Thinking model's reasoning."}},
+                            ["role", "content"])
+    completion = object_schema(answer("chat.completion", {
+        "type": "array", "minItems": 1, "maxItems": 1, "items": object_schema({
+            "index": {"const": 0}, "finish_reason": {"enum": ["stop", "length"]},
+            "logprobs": {"type": "null"}, "message": message})}),
+        [*always, "usage", "timings"])
+    delta = {"type": "object", "properties": {"role": {"const": "assistant"},
+                                              "content": string, "reasoning_content": string}}
+    chunk = object_schema(answer("chat.completion.chunk", {
+        "type": "array", "maxItems": 1, "items": object_schema({
+            "index": {"const": 0}, "delta": delta, "logprobs": {"type": "null"},
+            "finish_reason": {"enum": ["stop", "length", None]}})}),
+        always,
+        description="One stream event. The first carries the role (and `context` when the "
+                    "conversation was fitted); the last with choices carries "
+                    "`finish_reason` and `timings`; with `include_usage` one more carries "
+                    "`usage` and no choices.")
+    usage = object_schema({
+        "prompt_tokens": count, "completion_tokens": count, "total_tokens": count,
+        "prompt_tokens_details": object_schema({"cached_tokens": count,
+                                                "image_tokens": count})})
+    return {"ChatCompletion": completion, "ChatCompletionChunk": chunk, "Usage": usage}
