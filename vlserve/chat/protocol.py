@@ -1,7 +1,11 @@
-"""OpenAI chat-completions request parsing and response shapes.
+"""OpenAI chat-completions request parsing and response shapes, and their JSON Schemas.
 
 `parse_chat_request` turns an untrusted JSON body into frozen dataclasses or raises an
 `InvalidRequestError` naming the offending field; nothing past this module sees raw JSON.
+The request's top-level fields are declared once (with `fields`): the parser reads each
+with its declaration, and `request_schemas` renders the same declarations for the OpenAPI
+document; messages and their parts are parsed by code with their schemas beside it.
+`answer_schemas` describes what `completion`, `chunk` and `usage_dict` build.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from ..errors import InvalidRequestError
+from .fields import (Choice, DefaultOnly, Flag, Number, Options, Text, Texts, bad, nullable,
+                     object_schema, text)
 
 ROLES = {"system", "developer", "user", "assistant"}
 DETAILS = {"low", "auto", "high"}
@@ -71,42 +76,51 @@ class ChatRequest:
         return [p for m in self.messages for p in m.parts if isinstance(p, ImagePart)]
 
 
-def _bad(message: str, param: str) -> InvalidRequestError:
-    return InvalidRequestError(message, param=param)
+# ---- the request's fields, declared once: parsed with them, documented from them ---------
 
-
-def _text(value: str, param: str) -> str:
-    """JSON may carry lone UTF-16 surrogates (\\ud800) that no tokenizer can encode."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _bad("the text is not valid Unicode (it has a lone surrogate)", param) from None
-    return value
-
-
-def _number(body: dict, name: str, lo: float, hi: float, default, *, integer=False):
-    """A numeric field within [lo, hi]; bools are not numbers even though Python says so."""
-    value = body.get(name)
-    if value is None:
-        return default
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if integer else "a number"
-        raise _bad(f"'{name}' must be {kind}, got {type(value).__name__}", name)
-    if not lo <= value <= hi:
-        raise _bad(f"'{name}' must be between {lo} and {hi}, got {value}", name)
-    return value
+MODEL = Text("model", description=(
+    "A model on this server (an id from /v1/models, a catalog name or a GGUF file name) "
+    "switches to it (unless the server runs with `--no-switch-on-request`); any other name "
+    "is answered by the loaded model."))
+STREAM = Flag("stream", description="Server-sent events: `data: {chunk}` ... `data: [DONE]`.")
+STREAM_OPTIONS = Options("stream_options", {
+    "include_usage": "A last chunk with `usage` and no choices."})
+MAX_TOKENS = Number("max_tokens", 1, None, integer=True, description=(
+    "At most the server's `--max-tokens-cap` (default: the context size); above it 400. "
+    "Default: what is left of the context."))
+MAX_COMPLETION_TOKENS = Number("max_completion_tokens", 1, None, integer=True,
+                               description="Same as max_tokens; wins when both are set.")
+SAMPLING = (   # SamplingParams' fields by name, with its defaults
+    Number("temperature", 0.0, 2.0, SamplingParams.temperature),
+    Number("top_p", 0.0, 1.0, SamplingParams.top_p),
+    Number("top_k", 0, 1_000_000, SamplingParams.top_k, integer=True, description="0 = off."),
+    Number("min_p", 0.0, 1.0, SamplingParams.min_p),
+    Number("presence_penalty", -2.0, 2.0, SamplingParams.presence_penalty),
+    Number("frequency_penalty", -2.0, 2.0, SamplingParams.frequency_penalty),
+    Number("repeat_penalty", 0.01, 10.0, SamplingParams.repeat_penalty),
+    Number("seed", -2**63, 2**64 - 1, integer=True,
+           description="Negative: random. Default: the server's `--seed`."),
+    Texts("stop", MAX_STOP_STRINGS,
+          description=f"Up to {MAX_STOP_STRINGS} non-empty stop strings."),
+)
+N = DefaultOnly("n", 1, 1_000_000, 1, integer=True,
+                description="Only one choice is supported.")
+REASONING_FORMAT = Choice("reasoning_format", REASONING_FORMATS, "auto", description=(
+    "Thinking models: `none` keeps the reasoning inline in `content` as "
+    "`<think>...</think>`; the others put it in `reasoning_content`."))
+FIELDS = (MODEL, STREAM, STREAM_OPTIONS, MAX_TOKENS, MAX_COMPLETION_TOKENS, *SAMPLING, N,
+          REASONING_FORMAT)
 
 
 def _parse_part(part: Any, param: str) -> TextPart | ImagePart:
     if not isinstance(part, dict):
-        raise _bad("each content part must be an object with a 'type'", param)
+        raise bad("each content part must be an object with a 'type'", param)
     kind = part.get("type")
     if kind == "text":
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise _bad("a text part needs a string 'text'", f"{param}.text")
-        return TextPart(_text(text, f"{param}.text"))
+        value = part.get("text")
+        if not isinstance(value, str):
+            raise bad("a text part needs a string 'text'", f"{param}.text")
+        return TextPart(text(value, f"{param}.text"))
     if kind == "image_url":
         image = part.get("image_url")
         if isinstance(image, str):
@@ -114,102 +128,107 @@ def _parse_part(part: Any, param: str) -> TextPart | ImagePart:
         if isinstance(image, dict) and isinstance(image.get("url"), str):
             detail = image.get("detail") or "auto"
             if detail not in DETAILS:
-                raise _bad(f"image detail must be one of low, auto, high; got {detail!r}",
-                           f"{param}.image_url.detail")
+                raise bad(f"image detail must be one of low, auto, high; got {detail!r}",
+                          f"{param}.image_url.detail")
             return ImagePart(image["url"], detail)
-        raise _bad("'image_url' must be a URL string or an object with a string 'url'",
-                   f"{param}.image_url")
-    raise _bad(f"unsupported content part type {kind!r} (expected 'text' or 'image_url')",
-               f"{param}.type")
+        raise bad("'image_url' must be a URL string or an object with a string 'url'",
+                  f"{param}.image_url")
+    raise bad(f"unsupported content part type {kind!r} (expected 'text' or 'image_url')",
+              f"{param}.type")
 
 
 def _parse_message(msg: Any, i: int) -> Message:
     param = f"messages[{i}]"
     if not isinstance(msg, dict):
-        raise _bad("each message must be an object with 'role' and 'content'", param)
+        raise bad("each message must be an object with 'role' and 'content'", param)
     role = msg.get("role")
     if role not in ROLES:
-        raise _bad(f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}",
-                   f"{param}.role")
+        raise bad(f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}",
+                  f"{param}.role")
     role = "system" if role == "developer" else role
     content = msg.get("content")
     if content is None and role == "assistant":
         return Message(role, ())
     if isinstance(content, str):
-        return Message(role, (TextPart(_text(content, f"{param}.content")),))
+        return Message(role, (TextPart(text(content, f"{param}.content")),))
     if not isinstance(content, list):
-        raise _bad("'content' must be a string or a list of content parts",
-                   f"{param}.content")
+        raise bad("'content' must be a string or a list of content parts",
+                  f"{param}.content")
     parts = tuple(_parse_part(p, f"{param}.content[{j}]") for j, p in enumerate(content))
     if role != "user" and any(isinstance(p, ImagePart) for p in parts):
-        raise _bad("images are only accepted in user messages", f"{param}.content")
+        raise bad("images are only accepted in user messages", f"{param}.content")
     return Message(role, parts)
-
-
-def _parse_stop(body: dict) -> tuple[str, ...]:
-    stop = body.get("stop")
-    if stop is None:
-        return ()
-    if isinstance(stop, str):
-        stop = [stop]
-    if (not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS
-            or not all(isinstance(s, str) and s for s in stop)):
-        raise _bad(f"'stop' must be a non-empty string or a list of up to "
-                   f"{MAX_STOP_STRINGS} non-empty strings", "stop")
-    return tuple(_text(s, "stop") for s in stop)
-
-
-def _parse_params(body: dict, max_tokens_cap: int) -> SamplingParams:
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    defaults = SamplingParams()
-    return SamplingParams(
-        max_tokens=_number(body, name, 1, max_tokens_cap, None, integer=True),
-        temperature=_number(body, "temperature", 0.0, 2.0, defaults.temperature),
-        top_p=_number(body, "top_p", 0.0, 1.0, defaults.top_p),
-        top_k=_number(body, "top_k", 0, 1_000_000, defaults.top_k, integer=True),
-        min_p=_number(body, "min_p", 0.0, 1.0, defaults.min_p),
-        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, 0.0),
-        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, 0.0),
-        repeat_penalty=_number(body, "repeat_penalty", 0.01, 10.0, 1.0),
-        seed=_number(body, "seed", -2**63, 2**64 - 1, None, integer=True),
-        stop=_parse_stop(body),
-    )
 
 
 def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
     if not isinstance(body, dict):
-        raise _bad("the request body must be a JSON object", None)
+        raise bad("the request body must be a JSON object", None)
     for key, what in UNSUPPORTED.items():
         if body.get(key) not in (None, False, [], {}):
-            raise _bad(f"{what} is not supported by this server", key)
-    if _number(body, "n", 1, 1_000_000, 1, integer=True) != 1:
-        raise _bad("only n=1 is supported", "n")
+            raise bad(f"{what} is not supported by this server", key)
+    N.read(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' must be a non-empty list", "messages")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("'stream' must be a boolean", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise _bad("'stream_options' must be an object", "stream_options")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _bad("'model' must be a string", "model")
-    if model is not None:
-        _text(model, "model")
-    reasoning = body.get("reasoning_format") or "auto"
-    if reasoning not in REASONING_FORMATS:
-        raise _bad(f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}",
-                   "reasoning_format")
+        raise bad("'messages' must be a non-empty list", "messages")
+    stream, options, model = STREAM.read(body), STREAM_OPTIONS.read(body), MODEL.read(body)
+    reasoning = REASONING_FORMAT.read(body)
+    parsed = tuple(_parse_message(m, i) for i, m in enumerate(messages))
+    max_tokens = (MAX_COMPLETION_TOKENS if body.get("max_completion_tokens") is not None
+                  else MAX_TOKENS)
     return ChatRequest(
-        messages=tuple(_parse_message(m, i) for i, m in enumerate(messages)),
-        params=_parse_params(body, max_tokens_cap),
+        messages=parsed,
+        params=SamplingParams(max_tokens=max_tokens.read(body, hi=max_tokens_cap),
+                              **{f.name: f.read(body) for f in SAMPLING}),
         model=model,
         stream=stream,
-        include_usage=bool(options.get("include_usage")),
-        reasoning_inline=REASONING_FORMATS[reasoning] == "inline",
+        include_usage=options["include_usage"],
+        reasoning_inline=reasoning == "inline",
     )
+
+
+def request_schemas(ref: Callable[[str], dict]) -> dict:
+    """The request's JSON Schemas by name (`ChatCompletionRequest`, `ChatMessage`,
+    `TextPart`, `ImagePart`), for the OpenAPI document; `ref(name)` points at one of them."""
+    string = {"type": "string"}
+    text_part = object_schema({"type": {"const": "text"}, "text": string}, title="Text part")
+    image_url = object_schema({"url": string, "detail": nullable({
+        "type": "string", "enum": sorted(DETAILS),
+        "description": "`low` caps the image at 512x512; `auto` and `high` use the server's "
+                       "limits. Default `auto`."})}, ["url"])
+    image_part = object_schema({"type": {"const": "image_url"}, "image_url": {
+        "description": "The image as a base64 `data:` URL (`data:image/png;base64,...`; PNG, "
+                       "JPEG, WebP, GIF (first frame), BMP), or an object with it. "
+                       "`http(s)://` URLs are fetched only from hosts the operator allowed "
+                       "(`--remote-image-host`); other URLs get 400.",
+        "oneOf": [string, image_url]}}, title="Image part")
+    texts = {"type": "array", "items": ref("TextPart")}
+    any_parts = {"type": "array", "items": {"oneOf": [ref("TextPart"), ref("ImagePart")]}}
+
+    def message(title: str, role: dict, content: list, required=None) -> dict:
+        return object_schema({"role": role, "content": {"oneOf": content}}, required,
+                             title=title)
+
+    chat_message = {
+        "description": "One turn. `developer` is a synonym of `system`. Images are accepted "
+                       "in user messages only.",
+        "oneOf": [
+            message("System message", {"enum": sorted(ROLES - {"user", "assistant"})},
+                    [string, texts]),
+            message("User message", {"const": "user"}, [string, any_parts]),
+            message("Assistant message", {"const": "assistant"},
+                    [string, texts, {"type": "null"}], ["role"])]}
+    refused = ", ".join(f"`{k}`" for k in UNSUPPORTED)
+    request = object_schema(
+        {"messages": {"type": "array", "minItems": 1, "items": ref("ChatMessage")},
+         **{f.name: f.schema() for f in FIELDS}},
+        ["messages"],
+        description="OpenAI's chat-completions request, the parts of it this server "
+                    f"implements. {refused} are refused with 400 unless null, false or "
+                    "empty; other unknown fields are ignored. Numbers that must be integers "
+                    "must be written without a fraction (`8`, not `8.0`). A null field "
+                    "means its default.")
+    return {"ChatCompletionRequest": request, "ChatMessage": chat_message,
+            "TextPart": text_part, "ImagePart": image_part}
 
 
 # ---- response shapes -------------------------------------------------------------------
@@ -246,3 +265,43 @@ def completion(cid: str, model: str, text: str, finish_reason: str, usage: dict,
             "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
                          "message": message}],
             "usage": usage, **(extra or {})}
+
+
+def answer_schemas(ref: Callable[[str], dict]) -> dict:
+    """The JSON Schemas of what `completion`, `chunk` and `usage_dict` build
+    (`ChatCompletion`, `ChatCompletionChunk`, `Usage`), for the OpenAPI document; `ref(name)`
+    points at a schema, `Timings` and `Context` included (the engine's and the web's)."""
+    count, string = {"type": "integer", "minimum": 0}, {"type": "string"}
+
+    def answer(kind: str, choices: dict) -> dict:
+        return {"id": {"type": "string", "pattern": "^chatcmpl-"}, "object": {"const": kind},
+                "created": {"type": "integer"}, "model": string, "choices": choices,
+                "usage": ref("Usage"), "timings": ref("Timings"), "context": ref("Context")}
+
+    always = ["id", "object", "created", "model", "choices"]
+    message = object_schema({"role": {"const": "assistant"}, "content": string,
+                             "reasoning_content": {
+                                 "type": "string",
+                                 "description": "A Thinking model's reasoning."}},
+                            ["role", "content"])
+    completion = object_schema(answer("chat.completion", {
+        "type": "array", "minItems": 1, "maxItems": 1, "items": object_schema({
+            "index": {"const": 0}, "finish_reason": {"enum": ["stop", "length"]},
+            "logprobs": {"type": "null"}, "message": message})}),
+        [*always, "usage", "timings"])
+    delta = {"type": "object", "properties": {"role": {"const": "assistant"},
+                                              "content": string, "reasoning_content": string}}
+    chunk = object_schema(answer("chat.completion.chunk", {
+        "type": "array", "maxItems": 1, "items": object_schema({
+            "index": {"const": 0}, "delta": delta, "logprobs": {"type": "null"},
+            "finish_reason": {"enum": ["stop", "length", None]}})}),
+        always,
+        description="One stream event. The first carries the role (and `context` when the "
+                    "conversation was fitted); the last with choices carries "
+                    "`finish_reason` and `timings`; with `include_usage` one more carries "
+                    "`usage` and no choices.")
+    usage = object_schema({
+        "prompt_tokens": count, "completion_tokens": count, "total_tokens": count,
+        "prompt_tokens_details": object_schema({"cached_tokens": count,
+                                                "image_tokens": count})})
+    return {"ChatCompletion": completion, "ChatCompletionChunk": chunk, "Usage": usage}

@@ -1,9 +1,11 @@
 """The API's OpenAPI 3.1 document, served at GET /openapi.json (open, like /health).
 
-Built in Python from the same constants the request parser uses (roles, image details,
-reasoning formats, the stop-string limit, key scopes), so the two cannot drift apart
-silently; tests/test_openapi.py checks it against the routes and against real responses,
-and runs schemathesis with it against a live server.
+The chat request's schemas are rendered from the parser's own field declarations
+(`chat.protocol.request_schemas`: each field's type, range, choices and default, as it
+checks them); the chat answer's are written beside the functions that build it
+(`chat.protocol.answer_schemas`); the key scopes are `ops.auth`'s. The other responses, the
+paths and the security are written here. tests/test_openapi.py checks the document against
+the routes and against real responses, and runs schemathesis with it against a live server.
 
 The chat page's routes (/, /chat.html, /static/...) are not API and are left out.
 """
@@ -17,7 +19,8 @@ from flask import Blueprint, jsonify
 
 from .. import __version__
 from ..ops.auth import SCOPES
-from ..chat.protocol import DETAILS, MAX_STOP_STRINGS, REASONING_FORMATS, ROLES, UNSUPPORTED
+from ..chat.fields import object_schema
+from ..chat.protocol import answer_schemas, request_schemas
 
 bp = Blueprint("openapi", __name__)
 
@@ -45,18 +48,10 @@ def _response(name: str) -> dict:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def _nullable(schema: dict) -> dict:
-    """`schema` or null (3.1 style: a type list), for fields where null means the default."""
-    out = dict(schema)
-    kind = out.get("type")
-    out["type"] = [kind, "null"] if isinstance(kind, str) else [*kind, "null"]
-    if "enum" in out:
-        out["enum"] = [*out["enum"], None]
-    return out
-
-
-def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
-    out = {"description": description, "content": {"application/json": {"schema": schema}}}
+def _body(schema: dict, description: str, headers: dict | None = None, *,
+          media_type: str = "application/json") -> dict:
+    """A response with a body of `schema` (JSON unless `media_type` says otherwise)."""
+    out = {"description": description, "content": {media_type: {"schema": schema}}}
     if headers:
         out["headers"] = headers
     return out
@@ -68,6 +63,19 @@ def _secured(scope: str) -> list[dict]:
 
 def _errors(*statuses: int) -> dict:
     return {str(s): _response(ERROR_RESPONSES[s][0]) for s in statuses}
+
+
+def _operation(operation_id: str, tag: str, summary: str, scope: str | None, responses: dict,
+               *errors: int, body: str | None = None, **more) -> dict:
+    """An operation: `scope` None for an open one, `body` its JSON body's schema, `errors`
+    the error statuses it answers besides `responses`."""
+    out = {"operationId": operation_id, "tags": [tag], "summary": summary,
+           "security": _secured(scope) if scope else [], **more}
+    if body:
+        out["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": _ref(body)}}}
+    out["responses"] = {**responses, **_errors(*errors)}
+    return out
 
 
 INT = {"type": "integer"}
@@ -130,112 +138,7 @@ ERROR_HEADERS = {401: WWW_AUTHENTICATE, 429: RETRY_AFTER, 503: RETRY_AFTER}
 # ---- schemas ------------------------------------------------------------------------------
 
 def _schemas() -> dict:
-    text_part = {
-        "type": "object", "title": "Text part", "required": ["type", "text"],
-        "properties": {"type": {"const": "text"}, "text": STRING}}
-    image_part = {
-        "type": "object", "title": "Image part", "required": ["type", "image_url"],
-        "properties": {
-            "type": {"const": "image_url"},
-            "image_url": {
-                "description": "The image as a base64 `data:` URL (`data:image/png;base64,...`;"
-                               " PNG, JPEG, WebP, GIF (first frame), BMP), or an object with "
-                               "it. `http(s)://` URLs are fetched only from hosts the "
-                               "operator allowed (`--remote-image-host`); other URLs get 400.",
-                "oneOf": [
-                    STRING,
-                    {"type": "object", "required": ["url"], "properties": {
-                        "url": STRING,
-                        "detail": _nullable({
-                            "type": "string", "enum": sorted(DETAILS),
-                            "description": "`low` caps the image at 512x512; `auto` and "
-                                           "`high` use the server's limits. Default `auto`."}),
-                    }},
-                ]}}}
-    text_parts = {"type": "array", "items": _ref("TextPart")}
-    roles_text = sorted(ROLES - {"user", "assistant"})
-    message = {
-        "description": "One turn. `developer` is a synonym of `system`. Images are accepted "
-                       "in user messages only.",
-        "oneOf": [
-            {"type": "object", "title": "System message", "required": ["role", "content"],
-             "properties": {"role": {"enum": roles_text},
-                            "content": {"oneOf": [STRING, text_parts]}}},
-            {"type": "object", "title": "User message", "required": ["role", "content"],
-             "properties": {"role": {"const": "user"}, "content": {"oneOf": [
-                 STRING, {"type": "array", "items": {"oneOf": [_ref("TextPart"),
-                                                                 _ref("ImagePart")]}}]}}},
-            {"type": "object", "title": "Assistant message", "required": ["role"],
-             "properties": {"role": {"const": "assistant"},
-                            "content": {"oneOf": [STRING, text_parts, {"type": "null"}]}}},
-        ]}
-    unsupported = ", ".join(f"`{k}`" for k in UNSUPPORTED)
-    request = {
-        "type": "object", "required": ["messages"],
-        "description": "OpenAI's chat-completions request, the parts of it this server "
-                       f"implements. {unsupported} are refused with 400 unless null, false "
-                       "or empty; other unknown fields are ignored. Numbers that must be "
-                       "integers must be written without a fraction (`8`, not `8.0`). A null "
-                       "field means its default.",
-        "properties": {
-            "model": _nullable({
-                "type": "string",
-                "description": "A model on this server (an id from /v1/models, a catalog name "
-                               "or a GGUF file name) switches to it (unless the server runs "
-                               "with `--no-switch-on-request`); any other name is answered by "
-                               "the loaded model."}),
-            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
-            "stream": {"type": "boolean", "default": False,
-                       "description": "Server-sent events: `data: {chunk}` ... `data: [DONE]`."},
-            "stream_options": _nullable({
-                "type": "object",
-                "properties": {"include_usage": {
-                    "type": "boolean", "default": False,
-                    "description": "A last chunk with `usage` and no choices."}}}),
-            "max_tokens": _nullable({
-                "type": "integer", "minimum": 1,
-                "description": "At most the server's `--max-tokens-cap` (default: the context "
-                               "size); above it 400. Default: what is left of the context."}),
-            "max_completion_tokens": _nullable({
-                "type": "integer", "minimum": 1,
-                "description": "Same as max_tokens; wins when both are set."}),
-            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2,
-                                      "default": 0.8}),
-            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1, "default": 0.95}),
-            "top_k": _nullable({"type": "integer", "minimum": 0, "maximum": 1_000_000,
-                                "default": 40, "description": "0 = off."}),
-            "min_p": _nullable({"type": "number", "minimum": 0, "maximum": 1, "default": 0.05}),
-            "presence_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2,
-                                           "default": 0}),
-            "frequency_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2,
-                                            "default": 0}),
-            "repeat_penalty": _nullable({"type": "number", "minimum": 0.01, "maximum": 10,
-                                         "default": 1}),
-            "seed": _nullable({"type": "integer", "minimum": -2**63, "maximum": 2**64 - 1,
-                               "description": "Negative: random. Default: the server's "
-                                              "`--seed`."}),
-            "stop": {"description": f"Up to {MAX_STOP_STRINGS} non-empty stop strings.",
-                     "oneOf": [{"type": "string", "minLength": 1},
-                               {"type": "array", "maxItems": MAX_STOP_STRINGS,
-                                "items": {"type": "string", "minLength": 1}},
-                               {"type": "null"}]},
-            "n": _nullable({"type": "integer", "minimum": 1, "maximum": 1, "default": 1,
-                            "description": "Only one choice is supported."}),
-            "reasoning_format": _nullable({
-                "type": "string", "enum": sorted(REASONING_FORMATS), "default": "auto",
-                "description": "Thinking models: `none` keeps the reasoning inline in "
-                               "`content` as `<think>...</think>`; the others put it in "
-                               "`reasoning_content`."}),
-        }}
-    prompt_details = {
-        "type": "object", "required": ["cached_tokens", "image_tokens"],
-        "properties": {"cached_tokens": COUNT, "image_tokens": COUNT}}
-    usage = {
-        "type": "object",
-        "required": ["prompt_tokens", "completion_tokens", "total_tokens",
-                     "prompt_tokens_details"],
-        "properties": {"prompt_tokens": COUNT, "completion_tokens": COUNT,
-                       "total_tokens": COUNT, "prompt_tokens_details": prompt_details}}
+    ms = {"type": "number", "minimum": 0}
     timing_counts = ("prompt_tokens_evaluated", "cached_tokens", "images_encoded",
                      "images_from_cache")
     timing_ms = ("prompt_ms", "image_encode_ms", "predicted_ms", "decode_tokens_per_s")
@@ -245,186 +148,108 @@ def _schemas() -> dict:
                        "stream chunk only. Empty for an answer replayed from the response "
                        "cache (`X-Cache: hit`): nothing was computed.",
         "anyOf": [{"required": [*timing_ms, *timing_counts]}, {"maxProperties": 0}],
-        "properties": {**{k: {"type": "number", "minimum": 0} for k in timing_ms},
-                       **{k: COUNT for k in timing_counts},
-                       "ttft_ms": {"type": "number", "minimum": 0}}}
-    context = {
-        "type": "object", "required": ["dropped_images", "dropped_messages"],
-        "description": "Present when the conversation was fitted into the context: how many "
-                       "images (replaced by text) and messages (oldest first) were dropped. "
-                       "Also in the `X-Context-Dropped` header.",
-        "properties": {"dropped_images": COUNT, "dropped_messages": COUNT}}
-    completion = {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices", "usage", "timings"],
-        "properties": {
-            "id": {"type": "string", "pattern": "^chatcmpl-"},
-            "object": {"const": "chat.completion"},
-            "created": INT, "model": STRING,
-            "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
-                "type": "object",
-                "required": ["index", "finish_reason", "logprobs", "message"],
-                "properties": {
-                    "index": {"const": 0},
-                    "finish_reason": {"enum": ["stop", "length"]},
-                    "logprobs": {"type": "null"},
-                    "message": {
-                        "type": "object", "required": ["role", "content"],
-                        "properties": {"role": {"const": "assistant"}, "content": STRING,
-                                       "reasoning_content": {
-                                           "type": "string",
-                                           "description": "A Thinking model's reasoning."}}},
-                }}},
-            "usage": _ref("Usage"), "timings": _ref("Timings"), "context": _ref("Context"),
-        }}
-    chunk = {
-        "type": "object", "required": ["id", "object", "created", "model", "choices"],
-        "description": "One stream event. The first carries the role (and `context` when the "
-                       "conversation was fitted); the last with choices carries "
-                       "`finish_reason` and `timings`; with `include_usage` one more carries "
-                       "`usage` and no choices.",
-        "properties": {
-            "id": {"type": "string", "pattern": "^chatcmpl-"},
-            "object": {"const": "chat.completion.chunk"},
-            "created": INT, "model": STRING,
-            "choices": {"type": "array", "maxItems": 1, "items": {
-                "type": "object", "required": ["index", "delta", "logprobs", "finish_reason"],
-                "properties": {
-                    "index": {"const": 0},
-                    "delta": {"type": "object", "properties": {
-                        "role": {"const": "assistant"}, "content": STRING,
-                        "reasoning_content": STRING}},
-                    "logprobs": {"type": "null"},
-                    "finish_reason": {"enum": ["stop", "length", None]}}}},
-            "usage": _ref("Usage"), "timings": _ref("Timings"), "context": _ref("Context"),
-        }}
-    error = {
-        "type": "object", "required": ["error"],
-        "description": "Every error, OpenAI-shaped.",
-        "properties": {"error": {
-            "type": "object", "required": ["message", "type", "param", "code"],
-            "properties": {
-                "message": STRING,
-                "type": {"type": "string",
-                         "description": "invalid_request_error, authentication_error, "
-                                        "permission_error, not_found_error, "
-                                        "rate_limit_error, service_unavailable, "
-                                        "timeout_error, server_error, upstream_error (or "
-                                        "an upstream's own type, passed on)"},
-                "param": {"type": ["string", "null"],
-                          "description": "The request field at fault, e.g. "
-                                         "`messages[0].content[1].image_url`."},
-                "code": {"type": ["string", "null"],
-                         "description": "e.g. invalid_image, context_length_exceeded, "
-                                        "model_not_found, invalid_api_key, "
-                                        "insufficient_scope, payload_too_large, "
-                                        "rate_limit_exceeded, too_many_concurrent_requests, "
-                                        "server_busy, model_not_ready, request_timeout, "
-                                        "model_load_failed, upstream_unreachable, "
-                                        "upstream_unavailable, upstream_timeout"},
-            }}}}
-    model = {
-        "type": "object",
-        "required": ["id", "object", "created", "owned_by", "backend", "loaded", "status"],
-        "description": "A model of this server (`backend: local`: `capabilities`, `files` "
-                       "and `size_bytes` too) or of an upstream (its own card's fields, "
-                       "plus `backends` and `replicas`).",
-        "properties": {
-            "id": STRING, "object": {"const": "model"}, "created": INT,
-            "owned_by": STRING,
-            "backend": {"type": "string",
-                        "description": "`local`, or the name of the (first) upstream "
-                                       "serving it."},
-            "backends": {"type": "array", "items": STRING,
-                         "description": "Upstream models: every upstream serving it."},
-            "replicas": {"type": "array", "items": {
-                "type": "object", "required": ["backend", "kind", "up", "in_flight"],
-                "properties": {"backend": STRING, "kind": STRING, "up": BOOL,
-                               "in_flight": COUNT}}},
-            "capabilities": {"type": "object",
-                             "required": ["vision", "completion", "thinking"],
-                             "properties": {"vision": BOOL, "completion": BOOL,
-                                            "thinking": BOOL}},
-            "loaded": {"type": "boolean", "description": "The model in memory."},
-            "status": {"type": "string",
-                       "description": "`available`, or for the loaded model the server's "
-                                      "state (`loading`, `warming`, `ready`, `unloaded`, "
-                                      "`failed`); upstream models: `available` or `down` "
-                                      "(no replica answers)."},
-            "files": {"type": "object", "required": ["model", "mmproj"],
-                      "properties": {"model": STRING, "mmproj": STRING}},
-            "size_bytes": {"type": ["integer", "null"], "minimum": 0},
-            "catalog": {"type": "string", "description": "Its catalog entry, if any."},
-            "meta": {"type": "object",
-                     "description": "The loaded engine's facts (ready model only)."},
-        }}
-    model_list = {
-        "type": "object", "required": ["object", "data"],
-        "properties": {"object": {"const": "list"},
-                       "data": {"type": "array", "items": _ref("Model")}}}
-    upstream = {"type": "object", "required": ["up", "kind", "models", "in_flight", "error"],
-                "properties": {"up": BOOL, "kind": STRING,
-                               "models": {"type": "array", "items": STRING},
-                               "in_flight": COUNT, "error": {"type": ["string", "null"]}}}
-    health = {
-        "type": "object", "required": ["status", "model"],
-        "properties": {
-            "status": {"enum": ["ok", "loading", "warming", "unloaded", "failed", "stopped",
-                                "unavailable"]},
-            "model": {"type": ["string", "null"]}, "queue_depth": COUNT, "busy": BOOL,
-            "backend": {"const": "gateway",
-                        "description": "Only on a pure gateway (no local model)."},
-            "upstreams": {"type": "object", "additionalProperties": upstream,
-                          "description": "With --upstream: each upstream by name (never its "
-                                         "URL)."},
-            "served": {"type": "object", "additionalProperties": COUNT,
-                       "description": "Counters: finish reasons, tokens generated, loads."},
-            "reason": {"type": ["string", "null"],
-                       "description": "Why it is not ready (when not `ok`)."},
-            "warmup_seconds": {"type": ["number", "null"]},
-            "cache": {"type": "object",
-                      "description": "KV tokens held (all sequences), `n_ctx` (per "
-                                     "sequence), `sequences` (`parallel`, `busy`), image "
-                                     "embeddings and their bytes."},
-        },
-        "description": "When `ok`, also the engine's facts (`architecture`, `n_ctx`, "
-                       "`gpu_offload`, `n_gpu_layers`, ...)."}
-    load_request = {
-        "type": "object", "required": ["model"],
-        "properties": {
-            "model": {"type": "string", "minLength": 1,
-                      "description": "A model on this server (see /v1/models)."},
-            "wait": {"type": "boolean", "default": True,
-                     "description": "false: answer 202 at once; follow "
-                                    "/admin/models/events."}}}
-    load_result = {
-        "type": "object", "required": ["model", "status"],
-        "properties": {"model": STRING, "status": STRING,
-                       "load_seconds": {"type": ["number", "null"]}}}
-    unload_result = {
-        "type": "object", "required": ["model", "status"],
-        "properties": {"model": {"type": ["string", "null"]}, "status": STRING}}
-    model_event = {
-        "type": "object", "required": ["type"],
-        "properties": {
-            "type": {"enum": ["state", "progress", "rolled_back"]},
-            "state": {"enum": ["loading", "warming", "ready", "unloaded", "failed",
-                               "stopped", "none"]},
-            "reason": {"type": ["string", "null"]},
-            "model": {"type": ["string", "null"]},
-            "progress": {"type": "number", "minimum": 0, "maximum": 1},
-            "load_seconds": {"type": ["number", "null"]},
-            "time": {"type": "number", "description": "Unix time of the event."}}}
+        "properties": {**{k: ms for k in timing_ms}, **{k: COUNT for k in timing_counts},
+                       "ttft_ms": ms}}
+    context = object_schema(
+        {"dropped_images": COUNT, "dropped_messages": COUNT},
+        description="Present when the conversation was fitted into the context: how many "
+                    "images (replaced by text) and messages (oldest first) were dropped. "
+                    "Also in the `X-Context-Dropped` header.")
+    error = object_schema({"error": object_schema({
+        "message": STRING,
+        "type": {"type": "string",
+                 "description": "invalid_request_error, authentication_error, "
+                                "permission_error, not_found_error, rate_limit_error, "
+                                "service_unavailable, timeout_error, server_error, "
+                                "upstream_error (or an upstream's own type, passed on)"},
+        "param": {"type": ["string", "null"],
+                  "description": "The request field at fault, e.g. "
+                                 "`messages[0].content[1].image_url`."},
+        "code": {"type": ["string", "null"],
+                 "description": "e.g. invalid_image, context_length_exceeded, "
+                                "model_not_found, invalid_api_key, insufficient_scope, "
+                                "payload_too_large, rate_limit_exceeded, "
+                                "too_many_concurrent_requests, server_busy, model_not_ready, "
+                                "request_timeout, model_load_failed, upstream_unreachable, "
+                                "upstream_unavailable, upstream_timeout"}})},
+        description="Every error, OpenAI-shaped.")
+    model = object_schema({
+        "id": STRING, "object": {"const": "model"}, "created": INT, "owned_by": STRING,
+        "backend": {"type": "string", "description": "`local`, or the name of the (first) "
+                                                     "upstream serving it."},
+        "backends": {"type": "array", "items": STRING,
+                     "description": "Upstream models: every upstream serving it."},
+        "replicas": {"type": "array", "items": object_schema(
+            {"backend": STRING, "kind": STRING, "up": BOOL, "in_flight": COUNT})},
+        "capabilities": object_schema({"vision": BOOL, "completion": BOOL, "thinking": BOOL}),
+        "loaded": {"type": "boolean", "description": "The model in memory."},
+        "status": {"type": "string",
+                   "description": "`available`, or for the loaded model the server's state "
+                                  "(`loading`, `warming`, `ready`, `unloaded`, `failed`); "
+                                  "upstream models: `available` or `down` (no replica "
+                                  "answers)."},
+        "files": object_schema({"model": STRING, "mmproj": STRING}),
+        "size_bytes": {"type": ["integer", "null"], "minimum": 0},
+        "catalog": {"type": "string", "description": "Its catalog entry, if any."},
+        "meta": {"type": "object",
+                 "description": "The loaded engine's facts (ready model only)."}},
+        ["id", "object", "created", "owned_by", "backend", "loaded", "status"],
+        description="A model of this server (`backend: local`: `capabilities`, `files` and "
+                    "`size_bytes` too) or of an upstream (its own card's fields, plus "
+                    "`backends` and `replicas`).")
+    model_list = object_schema({"object": {"const": "list"},
+                                "data": {"type": "array", "items": _ref("Model")}})
+    upstream = object_schema({"up": BOOL, "kind": STRING,
+                              "models": {"type": "array", "items": STRING},
+                              "in_flight": COUNT, "error": {"type": ["string", "null"]}})
+    health = object_schema({
+        "status": {"enum": ["ok", "loading", "warming", "unloaded", "failed", "stopped",
+                            "unavailable"]},
+        "model": {"type": ["string", "null"]}, "queue_depth": COUNT, "busy": BOOL,
+        "backend": {"const": "gateway",
+                    "description": "Only on a pure gateway (no local model)."},
+        "upstreams": {"type": "object", "additionalProperties": upstream,
+                      "description": "With --upstream: each upstream by name (never its "
+                                     "URL)."},
+        "served": {"type": "object", "additionalProperties": COUNT,
+                   "description": "Counters: finish reasons, tokens generated, loads."},
+        "reason": {"type": ["string", "null"],
+                   "description": "Why it is not ready (when not `ok`)."},
+        "warmup_seconds": {"type": ["number", "null"]},
+        "cache": {"type": "object",
+                  "description": "KV tokens held (all sequences), `n_ctx` (per sequence), "
+                                 "`sequences` (`parallel`, `busy`), image embeddings and "
+                                 "their bytes."}},
+        ["status", "model"],
+        description="When `ok`, also the engine's facts (`architecture`, `n_ctx`, "
+                    "`gpu_offload`, `n_gpu_layers`, ...).")
+    load_request = object_schema({
+        "model": {"type": "string", "minLength": 1,
+                  "description": "A model on this server (see /v1/models)."},
+        "wait": {"type": "boolean", "default": True,
+                 "description": "false: answer 202 at once; follow /admin/models/events."}},
+        ["model"])
+    load_result = object_schema({"model": STRING, "status": STRING,
+                                 "load_seconds": {"type": ["number", "null"]}},
+                                ["model", "status"])
+    unload_result = object_schema({"model": {"type": ["string", "null"]}, "status": STRING})
+    model_event = object_schema({
+        "type": {"enum": ["state", "progress", "rolled_back"]},
+        "state": {"enum": ["loading", "warming", "ready", "unloaded", "failed", "stopped",
+                           "none"]},
+        "reason": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]},
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "load_seconds": {"type": ["number", "null"]},
+        "time": {"type": "number", "description": "Unix time of the event."}}, ["type"])
     return {
-        "ChatCompletionRequest": request, "ChatMessage": message,
-        "TextPart": text_part, "ImagePart": image_part,
-        "ChatCompletion": completion, "ChatCompletionChunk": chunk,
+        **request_schemas(_ref),
+        **answer_schemas(_ref),
         "ChatCompletionEvent": _sse_event(
             {"anyOf": [_ref("ChatCompletionChunk"), _ref("Error")]}, done=True,
             description="One server-sent event: a chunk, an error that happened after the "
                         "stream started, or the final `[DONE]`. `: keep-alive` comments "
                         "are sent while waiting."),
-        "Usage": usage, "Timings": timings, "Context": context,
+        "Timings": timings, "Context": context,
         "Error": error, "Model": model, "ModelList": model_list, "Health": health,
         "LoadRequest": load_request, "LoadResult": load_result,
         "UnloadResult": unload_result, "ModelEvent": model_event,
@@ -447,111 +272,78 @@ def _sse_event(payload: dict, *, done: bool, description: str) -> dict:
 # ---- paths ------------------------------------------------------------------------------------
 
 def _paths() -> dict:
-    chat_errors = _errors(400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504)
+    def header(description: str, schema: dict = STRING) -> dict:
+        return {"description": description, "schema": schema}
+
+    answer = {
+        "description": "The answer: one JSON object, or with `stream: true` server-sent "
+                       "events. An error after the stream started arrives inside it, "
+                       "followed by `[DONE]`.",
+        "headers": {
+            "X-Context-Dropped": header("`images=N, messages=M` when the conversation was "
+                                        "fitted into the context."),
+            "X-Cache": header("With `--response-cache-dir`, on deterministic requests "
+                              "(temperature 0 or a seed): `hit` (replayed from disk) or "
+                              "`miss`.", {"enum": ["hit", "miss"]}),
+            "X-Vlserve-Backend": header("Who answered: `local` or the upstream's name."),
+            "X-Vlserve-Upstream-Notes": header("Gateway mode: parameters mapped or dropped "
+                                               "for the upstream.")},
+        "content": {"application/json": {"schema": _ref("ChatCompletion")},
+                    "text/event-stream": {"schema": _ref("ChatCompletionEvent")}}}
     return {
-        "/v1/chat/completions": {"post": {
-            "operationId": "createChatCompletion", "tags": ["OpenAI"],
-            "summary": "Chat completion, text and images (streaming with `stream: true`)",
-            "security": _secured("chat"),
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": _ref("ChatCompletionRequest")}}},
-            "responses": {
-                "200": {
-                    "description": "The answer: one JSON object, or with `stream: true` "
-                                   "server-sent events. An error after the stream started "
-                                   "arrives inside it, followed by `[DONE]`.",
-                    "headers": {
-                        "X-Context-Dropped": {
-                            "description": "`images=N, messages=M` when the conversation was "
-                                           "fitted into the context.", "schema": STRING},
-                        "X-Cache": {
-                            "description": "With `--response-cache-dir`, on deterministic "
-                                           "requests (temperature 0 or a seed): `hit` "
-                                           "(replayed from disk) or `miss`.",
-                            "schema": {"enum": ["hit", "miss"]}},
-                        "X-Vlserve-Backend": {
-                            "description": "Who answered: `local` or the upstream's name.",
-                            "schema": STRING},
-                        "X-Vlserve-Upstream-Notes": {
-                            "description": "Gateway mode: parameters mapped or dropped for "
-                                           "the upstream.", "schema": STRING}},
-                    "content": {
-                        "application/json": {"schema": _ref("ChatCompletion")},
-                        "text/event-stream": {"schema": _ref("ChatCompletionEvent")}}},
-                **chat_errors}}},
-        "/v1/models": {"get": {
-            "operationId": "listModels", "tags": ["OpenAI"],
-            "summary": "Every model on disk; `loaded: true` on the one in memory",
-            "security": _secured("chat"),
-            "responses": {"200": _json(_ref("ModelList"), "The models."),
-                          **_errors(401, 403)}}},
-        "/v1/models/{model}": {"get": {
-            "operationId": "retrieveModel", "tags": ["OpenAI"],
-            "summary": "One model by id, catalog name or file name",
-            "security": _secured("chat"),
-            "parameters": [{"name": "model", "in": "path", "required": True,
-                            "description": "The model's id (may contain `/`).",
-                            "schema": STRING}],
-            "responses": {"200": _json(_ref("Model"), "The model."),
-                          **_errors(401, 403, 404)}}},
-        "/health": {"get": {
-            "operationId": "health", "tags": ["Server"], "security": [],
-            "summary": "Readiness (open even when API keys are set)",
-            "responses": {
-                "200": _json(_ref("Health"), "Ready (`ok`), or `unloaded`: idle, the next "
-                                             "request loads the model."),
-                "503": _json(_ref("Health"), "Loading, warming up or failed; `reason` says "
-                                             "why.", RETRY_AFTER),
-                **_errors(403)}}},
-        "/admin/models/load": {"post": {
-            "operationId": "loadModel", "tags": ["Admin"],
-            "summary": "Switch to another model on disk (after the queued requests)",
-            "security": _secured("admin"),
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": _ref("LoadRequest")}}},
-            "responses": {
-                "200": _json(_ref("LoadResult"), "Loaded (or it already was)."),
-                "202": _json(_ref("LoadResult"), "Queued (`wait: false`)."),
-                **_errors(400, 401, 403, 404, 415, 500, 503, 504)}}},
-        "/admin/models/unload": {"post": {
-            "operationId": "unloadModel", "tags": ["Admin"],
-            "summary": "Free the model's memory; the next chat request loads it again",
-            "security": _secured("admin"),
-            "responses": {"200": _json(_ref("UnloadResult"), "Unloaded."),
-                          **_errors(401, 403, 415, 503, 504)}}},
-        "/admin/models/events": {"get": {
-            "operationId": "modelEvents", "tags": ["Admin"],
-            "summary": "Server-sent events: the current state, then state changes and load "
-                       "progress (never ends)",
-            "security": _secured("admin"),
-            "responses": {
-                "200": {"description": "The event stream.", "content": {
-                    "text/event-stream": {"schema": _ref("ModelEventMessage")}}},
-                **_errors(401, 403)}}},
-        "/metrics": {"get": {
-            "operationId": "metrics", "tags": ["Server"],
-            "summary": "Prometheus metrics (only with `--metrics`; 404 otherwise)",
-            "description": "Served only when the server runs with `--metrics`; without it "
-                           "the route does not exist and answers 404.",
-            "x-vlserve-requires": "--metrics",
-            "security": _secured("metrics"),
-            "responses": {
-                "200": {"description": "Prometheus text exposition format.",
-                        "content": {"text/plain": {"schema": STRING}}},
-                **_errors(401, 403, 404)}}},
-        "/openapi.json": {"get": {
-            "operationId": "openapi", "tags": ["Server"], "security": [],
-            "summary": "This document (open even when API keys are set)",
-            "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]},
-                                       "The OpenAPI 3.1 document."),
-                          **_errors(403)}}},
+        "/v1/chat/completions": {"post": _operation(
+            "createChatCompletion", "OpenAI",
+            "Chat completion, text and images (streaming with `stream: true`)", "chat",
+            {"200": answer}, 400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504,
+            body="ChatCompletionRequest")},
+        "/v1/models": {"get": _operation(
+            "listModels", "OpenAI", "Every model on disk; `loaded: true` on the one in memory",
+            "chat", {"200": _body(_ref("ModelList"), "The models.")}, 401, 403)},
+        "/v1/models/{model}": {"get": _operation(
+            "retrieveModel", "OpenAI", "One model by id, catalog name or file name", "chat",
+            {"200": _body(_ref("Model"), "The model.")}, 401, 403, 404,
+            parameters=[{"name": "model", "in": "path", "required": True,
+                         "description": "The model's id (may contain `/`).",
+                         "schema": STRING}])},
+        "/health": {"get": _operation(
+            "health", "Server", "Readiness (open even when API keys are set)", None,
+            {"200": _body(_ref("Health"), "Ready (`ok`), or `unloaded`: idle, the next "
+                                          "request loads the model."),
+             "503": _body(_ref("Health"), "Loading, warming up or failed; `reason` says why.",
+                          RETRY_AFTER)}, 403)},
+        "/admin/models/load": {"post": _operation(
+            "loadModel", "Admin",
+            "Switch to another model on disk (after the queued requests)", "admin",
+            {"200": _body(_ref("LoadResult"), "Loaded (or it already was)."),
+             "202": _body(_ref("LoadResult"), "Queued (`wait: false`).")},
+            400, 401, 403, 404, 415, 500, 503, 504, body="LoadRequest")},
+        "/admin/models/unload": {"post": _operation(
+            "unloadModel", "Admin",
+            "Free the model's memory; the next chat request loads it again", "admin",
+            {"200": _body(_ref("UnloadResult"), "Unloaded.")}, 401, 403, 415, 503, 504)},
+        "/admin/models/events": {"get": _operation(
+            "modelEvents", "Admin", "Server-sent events: the current state, then state "
+                                    "changes and load progress (never ends)", "admin",
+            {"200": _body(_ref("ModelEventMessage"), "The event stream.",
+                          media_type="text/event-stream")}, 401, 403)},
+        "/metrics": {"get": _operation(
+            "metrics", "Server", "Prometheus metrics (only with `--metrics`; 404 otherwise)",
+            "metrics", {"200": _body(STRING, "Prometheus text exposition format.",
+                                     media_type="text/plain")}, 401, 403, 404,
+            description="Served only when the server runs with `--metrics`; without it the "
+                        "route does not exist and answers 404.",
+            **{"x-vlserve-requires": "--metrics"})},
+        "/openapi.json": {"get": _operation(
+            "openapi", "Server", "This document (open even when API keys are set)", None,
+            {"200": _body({"type": "object", "required": ["openapi", "paths"]},
+                          "The OpenAPI 3.1 document.")}, 403)},
     }
 
 
 @lru_cache(maxsize=1)
 def _document() -> dict:
     responses = {
-        name: _json(_ref("Error"), description, ERROR_HEADERS.get(status))
+        name: _body(_ref("Error"), description, ERROR_HEADERS.get(status))
         for status, (name, description) in ERROR_RESPONSES.items()}
     return {
         "openapi": OPENAPI_VERSION,
