@@ -72,6 +72,13 @@ def test_max_completion_tokens_is_accepted():
     ({"messages": OK, "stream": "yes"}, "stream"),
     ({"messages": OK, "tools": [{"type": "function"}]}, "tools"),
     ({"messages": OK, "model": 3}, "model"),
+    # not hashable: a 400 naming the field, not a TypeError (500)
+    ({"messages": [{"role": [], "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:", "detail": ["high"]}}]}]},
+     "messages[0].content[0].image_url.detail"),
+    ({"messages": OK, "reasoning_format": ["none"]}, "reasoning_format"),
 ])
 def test_bad_requests_name_their_field(body, param):
     with pytest.raises(InvalidRequestError) as info:

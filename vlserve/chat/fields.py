@@ -137,7 +137,7 @@ class Choice(Field):
 
     def read(self, body: dict) -> Any:
         value = body.get(self.name) or self.default
-        if value not in self.choices:
+        if not isinstance(value, str) or value not in self.choices:
             raise bad(f"'{self.name}' must be one of {', '.join(self.choices)}", self.name)
         return self.choices[value]
 

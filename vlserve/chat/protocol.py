@@ -127,7 +127,7 @@ def _parse_part(part: Any, param: str) -> TextPart | ImagePart:
             return ImagePart(image)
         if isinstance(image, dict) and isinstance(image.get("url"), str):
             detail = image.get("detail") or "auto"
-            if detail not in DETAILS:
+            if not isinstance(detail, str) or detail not in DETAILS:
                 raise bad(f"image detail must be one of low, auto, high; got {detail!r}",
                           f"{param}.image_url.detail")
             return ImagePart(image["url"], detail)
@@ -142,7 +142,7 @@ def _parse_message(msg: Any, i: int) -> Message:
     if not isinstance(msg, dict):
         raise bad("each message must be an object with 'role' and 'content'", param)
     role = msg.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise bad(f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}",
                   f"{param}.role")
     role = "system" if role == "developer" else role
