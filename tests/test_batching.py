@@ -12,7 +12,8 @@ import pytest
 
 from conftest import data_url, wait_for
 from vlserve.engine.batch import Sequence
-from vlserve.engine.llama import Delta, Finished, LlamaEngine
+from vlserve.engine.llama import LlamaEngine
+from vlserve.engine.output import Delta, Finished
 from vlserve.chat.images import ImageLimits, decode_data_url
 from vlserve.chat.protocol import parse_chat_request
 
@@ -95,7 +96,7 @@ def alone(engine, req) -> Run:
 
 def kv_consistent(engine) -> None:
     """Every slot's record matches what the KV cache holds for its sequence."""
-    memory = llama_cpp.llama_get_memory(engine._ctx.ctx)
+    memory = engine.memory()
     for slot in engine.batcher.slots:
         assert slot.req is None
         top = llama_cpp.llama_memory_seq_pos_max(memory, slot.seq_id)
@@ -256,8 +257,8 @@ def test_requests_arriving_together_start_together(settings):
     worker = Worker(lambda *_: eng, queue_size=4, request_timeout=30, warmup=False).start()
     assert worker.wait_ready(30)
     batches: list[set[int]] = []
-    decode = eng._decode_items
-    eng._decode_items = lambda items: (batches.append({i[2] for i in items}), decode(items))
+    decode = eng.decode
+    eng.decode = lambda items: (batches.append({i[2] for i in items}), decode(items))
     a, b = request_of("First in."), request_of("Right behind.")
     try:
         with worker.arriving():                      # b is on its way

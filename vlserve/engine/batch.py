@@ -35,7 +35,7 @@ from typing import Callable
 
 import llama_cpp
 
-from .llama import Delta, Finished
+from .output import Delta, Finished
 from ..errors import APIError, InternalError
 from .kvcache import ImageUnit, KVRecord, n_tokens, plan_reuse
 from ..chat.protocol import SamplingParams
@@ -146,7 +146,7 @@ class Batcher:
         longer shared prefix from another slot when there is one). There must be one free."""
         with self._lock:
             units = req.prompt.units
-            piece = lambda i: self.engine._piece(units[i], special=True)  # noqa: E731
+            piece = lambda i: self.engine.piece(units[i], special=True)  # noqa: E731
             plans = {s: self._plan(s, units, piece) for s in self.slots}
             free = [s for s in self.slots if s.req is None]
             if not free:   # the worker admits only while `free`; say so if a caller did not
@@ -178,7 +178,7 @@ class Batcher:
             if not items:
                 return
             try:
-                self.engine._decode_items(items)
+                self.engine.decode(items)
             except Exception as exc:   # the KV of every sequence in the batch is in doubt
                 for slot in {s for s, _ in owners}:
                     self._fail(slot, exc)
@@ -207,7 +207,7 @@ class Batcher:
 
     def _plan(self, slot: _Slot, units, piece) -> tuple[int, int]:
         kv = slot.kv
-        cached_piece = lambda i: kv.pieces.get(i) or self.engine._piece(  # noqa: E731
+        cached_piece = lambda i: kv.pieces.get(i) or self.engine.piece(  # noqa: E731
             kv.units[i], special=True)
         return plan_reuse(kv.units, cached_piece, units, piece)
 
@@ -237,8 +237,8 @@ class Batcher:
         slot = min(waiting, key=lambda s: s.admitted)
         unit = slot.req.prompt.units[slot.cursor]
         try:
-            self.engine._eval_image(slot.req.prompt.images[slot.cursor], unit, slot.seq_id,
-                                    slot.kv.end, slot.stats)
+            self.engine.eval_image(slot.req.prompt.images[slot.cursor], unit, slot.seq_id,
+                                   slot.kv.end, slot.stats)
         except Exception as exc:
             self._forget(slot)
             self._fail(slot, exc)
@@ -290,7 +290,7 @@ class Batcher:
 
     def _prompt_done(self, slot: _Slot) -> None:
         slot.t1 = time.monotonic()
-        slot.sampler = self.engine._sampler(slot.req.params)
+        slot.sampler = self.engine.new_sampler(slot.req.params)
         slot.budget = min(slot.req.prompt.max_new_tokens,
                           self.engine.n_ctx - n_tokens(slot.kv.units))
 
@@ -299,13 +299,13 @@ class Batcher:
             self._finish(slot, "length")
             return
         engine = self.engine
-        token = slot.sampler.sample(engine._ctx, index)
-        if llama_cpp.llama_vocab_is_eog(engine._vocab, token):
+        token = engine.sample(slot.sampler, index)
+        if engine.ends_generation(token):
             self._finish(slot, "stop")
             return
         slot.n_out += 1
         self.generated.add()
-        piece = engine._piece(token)
+        piece = engine.piece(token)
         text, hit = slot.stream.feed(piece)
         if text:
             slot.req.emit(Delta(text))
@@ -372,4 +372,4 @@ class Batcher:
             raise InternalError("the KV cache could not free a sequence")
 
     def _memory(self):
-        return llama_cpp.llama_get_memory(self.engine._ctx.ctx)
+        return self.engine.memory()

@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol
 
@@ -31,6 +31,7 @@ from llama_cpp import mtmd_cpp
 
 from ..library import gpu
 from . import llamalog
+from .output import Delta, Finished
 from ..config import Settings, context_size
 from ..errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
 from ..chat.images import PreparedImage
@@ -50,22 +51,6 @@ PENALTY_LAST_N = 64
 
 class EngineLoadError(RuntimeError):
     """The model or projector could not be loaded; the message names the file."""
-
-
-# ---- events the engine yields to the worker ---------------------------------------------
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    finish_reason: str          # stop | length | cancelled (the worker tells timeouts apart)
-    prompt_tokens: int
-    completion_tokens: int
-    timings: dict = field(default_factory=dict)
-    cached_tokens: int = 0      # prompt tokens served from the KV cache
 
 
 @dataclass
@@ -277,11 +262,12 @@ class LlamaEngine:
                 owner.close()
 
     def _special_text(self, token: int) -> str:
-        return self._piece(token, special=True).decode(errors="ignore") if token >= 0 else ""
+        return self.piece(token, special=True).decode(errors="ignore") if token >= 0 else ""
 
     # -- tokenization (any thread) --
 
-    def _piece(self, token: int, special: bool = False) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (`special`: control tokens as their text)."""
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
@@ -428,8 +414,12 @@ class LlamaEngine:
     def _forget_kv(self) -> None:
         self.batcher.forget_all()
 
-    def _eval_image(self, chunk, unit: ImageUnit, seq_id: int, n_past: int,
-                    stats: dict) -> None:
+    # -- the step API the batcher drives (engine thread only) --
+
+    def eval_image(self, chunk, unit: ImageUnit, seq_id: int, n_past: int,
+                   stats: dict) -> None:
+        """Put an image into sequence `seq_id` at `n_past`: its embeddings from the LRU, or
+        the vision tower's (counted in `stats`)."""
         embd = self._embeddings.get(unit.key)
         if embd is None:
             t = time.monotonic()
@@ -461,7 +451,7 @@ class LlamaEngine:
         if rc != 0:
             raise InternalError(f"image evaluation failed (code {rc})")
 
-    def _decode_items(self, items: list[tuple[int, int, int, bool]]) -> None:
+    def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of (token, position, sequence, wants logits) items."""
         batch = self._batch.batch
         batch.n_tokens = len(items)
@@ -473,7 +463,8 @@ class LlamaEngine:
         except RuntimeError as exc:
             raise InternalError(f"llama.cpp decode failed: {exc}") from exc
 
-    def _sampler(self, p: SamplingParams) -> internals.LlamaSampler:
+    def new_sampler(self, p: SamplingParams) -> internals.LlamaSampler:
+        """A sampler chain for one sequence's parameters."""
         s = internals.LlamaSampler()
         chain = s.sampler
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
@@ -491,3 +482,15 @@ class LlamaEngine:
         seed = p.seed if p.seed is not None else self.settings.seed
         s.add_dist(llama_cpp.LLAMA_DEFAULT_SEED if seed is None or seed < 0 else seed & 0xFFFFFFFF)
         return s
+
+    def sample(self, sampler: internals.LlamaSampler, index: int) -> int:
+        """The next token from the logits of the decoded item at `index`."""
+        return sampler.sample(self._ctx, index)
+
+    def ends_generation(self, token: int) -> bool:
+        """Whether `token` ends generation (end of turn, end of text…)."""
+        return llama_cpp.llama_vocab_is_eog(self._vocab, token)
+
+    def memory(self):
+        """llama.cpp's KV memory of this context (for the batcher's sequence operations)."""
+        return llama_cpp.llama_get_memory(self._ctx.ctx)

@@ -32,88 +32,27 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
-import io
 import logging
 import queue
 import threading
 import time
 from typing import Callable
 
-from PIL import Image
-
 from .batch import Sequence
-from .llama import Delta, Engine, Finished, Prompt
+from .jobs import Job, Switch
+from .llama import Engine, Prompt
+from .output import Delta, Finished
+from .warmup import warm_up
 from ..errors import (APIError, InternalError, ModelLoadError, ServiceUnavailableError,
                      TimeoutError_)
 from .events import EventHub
-from ..chat.images import ImageLimits, PreparedImage, prepare_image
-from ..chat.protocol import ChatRequest, ImagePart, Message, SamplingParams, TextPart
+from ..chat.protocol import SamplingParams
 
 log = logging.getLogger("vlserve.worker")
 
-Event = Delta | Finished | APIError
 ARRIVAL_WAIT = 0.05   # seconds a new prefill waits for requests still on their way in
 Progress = Callable[[float], None]
 Loader = Callable[[str | None, Progress], Engine]   # (model id, progress 0..1) -> engine
-
-
-class Job:
-    """One chat request. `prepare(engine)` tokenizes it for an engine; the HTTP thread does
-    that up front when the model it wants is loaded (so a bad request gets its 4xx before
-    queueing), the worker does it (again) when the model changed meanwhile."""
-
-    def __init__(self, params: SamplingParams, deadline: float, *, prompt: Prompt | None,
-                 engine: Engine | None, prepare: Callable[[Engine], Prompt] | None,
-                 model: str | None):
-        self.params = params
-        self.deadline = deadline
-        self.prompt, self.engine, self.prepare = prompt, engine, prepare
-        self.model = model          # the model id this request needs; None = whichever
-        self.served_model: str | None = None   # the id of the model it ran on
-        self._events: queue.Queue[Event] = queue.Queue()
-        self._cancel = threading.Event()
-        self.taken = False          # the engine thread took it from the queue (worker lock)
-        self.withdrawn = False      # left the queue before that (worker lock)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    @property
-    def expired(self) -> bool:
-        return time.monotonic() > self.deadline
-
-    def put(self, event: Event) -> None:
-        self._events.put(event)
-
-    def next_event(self, timeout: float) -> Event | None:
-        """The next event, or None if nothing arrived in `timeout` seconds."""
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def close(self) -> None:
-        if self.prompt is not None:
-            self.prompt.close()
-
-
-class Switch:
-    """A request to make `model` the loaded model (or, with `unload`, to free it until the
-    next request needs it); `done` is set when it is done (or failed)."""
-
-    def __init__(self, model: str | None, unload: bool = False):
-        self.model = model
-        self.unload = unload
-        self.done = threading.Event()
-        self.error: APIError | None = None
-
-    def finish(self, error: APIError | None = None) -> None:
-        self.error = error
-        self.done.set()
 
 
 class Worker:
@@ -577,25 +516,3 @@ def _trim_heap() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def warm_up(engine: Engine) -> None:
-    """One text and one small image request through the real path, so the first user
-    request does not pay for lazy allocations and kernel selection."""
-    image = _warmup_image()
-    for parts in ((TextPart("Hello"),), (ImagePart("warmup"), TextPart("Describe."))):
-        request = ChatRequest(messages=(Message("user", parts),),
-                              params=SamplingParams(max_tokens=2, temperature=0))
-        images = [image] if any(isinstance(p, ImagePart) for p in parts) else []
-        prompt = engine.prepare(request, images)
-        try:
-            for _ in engine.generate(prompt, request.params, lambda: False):
-                pass
-        finally:
-            prompt.close()
-
-
-def _warmup_image() -> PreparedImage:
-    buf = io.BytesIO()
-    Image.linear_gradient("L").resize((64, 64)).convert("RGB").save(buf, "PNG")
-    return prepare_image(buf.getvalue(), ImageLimits())

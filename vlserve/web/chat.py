@@ -12,7 +12,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 
 from ..ops import audit, auth
 from .app import finish_request, json_body
-from ..engine.llama import Delta, Finished, Prompt
+from ..engine.llama import Prompt
+from ..engine.output import Delta, Finished
 from ..chat.context import Fit, fit_messages, strip_thinking
 from ..errors import (APIError, ContextLengthError, InvalidRequestError, NotFoundError,
                      ServiceUnavailableError)
@@ -23,7 +24,8 @@ from ..chat.protocol import (ChatRequest, ImagePart, chunk, completion, new_comp
 from ..chat.reasoning import INLINE_PREFIX, ReasoningSplitter, split_reasoning
 from .client import client_gone
 from ..gateway.upstream import LOCAL
-from ..engine.worker import Job, Worker
+from ..engine.jobs import Job
+from ..engine.worker import Worker
 
 bp = Blueprint("api", __name__)
 
