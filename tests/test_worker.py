@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from conftest import wait_for
-from vlserve.engine.llama import Delta, Finished, LlamaEngine
+from vlserve.engine.llama import LlamaEngine
+from vlserve.engine.output import Delta, Finished
 from vlserve.errors import InternalError, ServiceUnavailableError, TimeoutError_
 from vlserve.chat.protocol import parse_chat_request
 from vlserve.engine.worker import Worker
