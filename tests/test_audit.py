@@ -71,7 +71,7 @@ def pixel_sha256(url: str) -> tuple[str, int]:
 
 
 def record(**fields) -> dict:
-    """A finished request's record as app.finish_request builds it."""
+    """A finished request's record as web.lifecycle.finish_request builds it."""
     return {"time": time.time(), "method": "POST", "route": CHAT, "path": CHAT,
             "status": 200, "duration_ms": 12.5, "client": "127.0.0.1", "key": None, **fields}
 

@@ -25,14 +25,13 @@ import json
 import logging
 import threading
 import time
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import cachetools
 import httpx2
-from flask import Response, g, stream_with_context
 from PIL import Image
 
-from ..web.app import finish_request
 from ..errors import (APIError, BadGatewayError, ServiceUnavailableError, TimeoutError_,
                      UpstreamError)
 from ..chat.images import ImageLimits, PreparedImage, limits_for_detail
@@ -47,6 +46,27 @@ RETRYABLE = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.RemoteProtocolEr
 # An upstream that is overloaded or restarting says so with these: another replica may not be.
 RETRY_STATUSES = (502, 503)
 ENCODED_CACHE_BYTES = 64 * 1024 * 1024   # PNG data URLs of recent images (clients resend them)
+
+
+@dataclass
+class Ledger:
+    """What the caller learns of a forwarded request while it runs: `record` (for the audit
+    log and metrics) and `log` (the access-log line's fields) are filled in place;
+    `error_code` is told the code of an error sent inside a stream; `end` is called once
+    with the status when a stream ends (200, 499 when the client left, 502)."""
+    record: dict
+    log: dict
+    error_code: Callable[[str], None]
+    end: Callable[[int], None]
+
+
+@dataclass
+class Forwarded:
+    """The answer to send: the upstream's JSON `body`, or `stream`, its server-sent events
+    as they come (then the ledger's `end` is called when it ends)."""
+    headers: dict
+    body: bytes | None = None
+    stream: Iterator[bytes] | None = None
 
 
 class Gateway:
@@ -70,31 +90,29 @@ class Gateway:
         self.client.close()
 
     def forward(self, body: dict, req: ChatRequest, images: dict[ImagePart, PreparedImage],
-                model: str) -> Response:
+                model: str, ledger: Ledger) -> Forwarded:
         """Answer the request from a replica of `model`: a pass-through stream or the
         upstream's JSON, with `X-Vlserve-Backend` naming the upstream."""
         t0 = time.monotonic()
         opened = self._open(body, req, images, model)
         upstream = opened.upstream
-        g.record["backend"] = upstream.name
-        g.log.update(backend=upstream.name)
+        ledger.record["backend"] = upstream.name
+        ledger.log.update(backend=upstream.name)
         headers = {"X-Vlserve-Backend": upstream.name}
         if opened.notes:
             headers["X-Vlserve-Upstream-Notes"] = "; ".join(opened.notes)
         if opened.response.status_code != 200:
-            self._close(opened)
+            self.close_opened(opened)
             error = upstream_error(upstream, opened.response.status_code, opened.content,
                                    _retry_after(opened.response))
             error.headers = headers
             raise error
         if not req.stream:
-            self._close(opened)
-            return _json_answer(opened.content, headers)
-        g.stream_logs_itself = True
-        relay = _Relay(self, opened, req.include_usage, t0)
-        return Response(stream_with_context(relay.events()), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                 **headers})
+            self.close_opened(opened)
+            _record_answer(_json_answer(opened.content, upstream), ledger)
+            return Forwarded(headers, body=opened.content)
+        relay = _Relay(self, opened, req.include_usage, t0, ledger)
+        return Forwarded(headers, stream=relay.events())
 
     # -- choosing a replica, with failover --
 
@@ -121,7 +139,7 @@ class Gateway:
                 continue
             status = opened.response.status_code
             if status in RETRY_STATUSES and self._more(model, tried):
-                self._close(opened)
+                self.close_opened(opened)
                 failures.append((upstream, status))
                 upstream.failovers += 1
                 continue
@@ -155,7 +173,7 @@ class Gateway:
         self.pool.mark_down(upstream, reason)
         upstream.failovers += 1
 
-    def _close(self, opened: "_Opened") -> None:
+    def close_opened(self, opened: "_Opened") -> None:
         """Done with an upstream response: its connection closed, its replica released."""
         opened.response.close()
         self.pool.release(opened.upstream)
@@ -262,30 +280,29 @@ class _Opened:
         self.notes: list[str] = []
 
 
-def _json_answer(content: bytes, headers: dict) -> Response:
-    """A non-streaming answer, passed on as the upstream wrote it; its usage is recorded."""
+def _json_answer(content: bytes, upstream: Upstream) -> dict:
+    """A non-streaming answer, passed on as the upstream wrote it (read for its usage)."""
     try:
         answer = json.loads(content)
     except ValueError:
-        raise BadGatewayError(f"upstream {headers['X-Vlserve-Backend']!r} answered 200 "
+        raise BadGatewayError(f"upstream {upstream.name!r} answered 200 "
                               "with a body that is not JSON") from None
-    _record_answer(answer if isinstance(answer, dict) else {})
-    return Response(content, mimetype="application/json", headers=headers)
+    return answer if isinstance(answer, dict) else {}
 
 
-def _record_answer(answer: dict) -> None:
+def _record_answer(answer: dict, ledger: Ledger) -> None:
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
     choices = answer.get("choices") or [{}]
-    _record_usage(usage, answer.get("model"))
-    g.record.update(finish_reason=(choices[0] or {}).get("finish_reason"), timings={})
-    g.log.update(completion_tokens=usage.get("completion_tokens"))
+    _record_usage(usage, answer.get("model"), ledger)
+    ledger.record.update(finish_reason=(choices[0] or {}).get("finish_reason"), timings={})
+    ledger.log.update(completion_tokens=usage.get("completion_tokens"))
 
 
-def _record_usage(usage: dict, model) -> None:
+def _record_usage(usage: dict, model, ledger: Ledger) -> None:
     """The finished answer's model and token counts, as the upstream reported them."""
     details = usage.get("prompt_tokens_details")
     details = details if isinstance(details, dict) else {}
-    g.record.update(model=str(model) if model else None,
+    ledger.record.update(model=str(model) if model else None,
                     prompt_tokens=usage.get("prompt_tokens"),
                     completion_tokens=usage.get("completion_tokens"),
                     cached_tokens=details.get("cached_tokens"),
@@ -345,8 +362,10 @@ class _Relay:
     """Passes an upstream's stream on, one server-sent event at a time, and notes what the
     audit log and metrics need (model, finish reason, usage, time to first token)."""
 
-    def __init__(self, gateway: Gateway, opened: _Opened, wants_usage: bool, t0: float):
+    def __init__(self, gateway: Gateway, opened: _Opened, wants_usage: bool, t0: float,
+                 ledger: Ledger):
         self.gateway, self.opened, self.wants_usage, self.t0 = gateway, opened, wants_usage, t0
+        self.ledger = ledger
         self.ttft: float | None = None
         self.model: str | None = None
         self.usage: dict | None = None
@@ -359,20 +378,20 @@ class _Relay:
             status = yield from self._pass_through()
         except GeneratorExit:
             status = 499   # the client left: closing the upstream's connection stops it
-            g.record["cancelled"] = True
-            g.log.update(cancelled=1)
+            self.ledger.record["cancelled"] = True
+            self.ledger.log.update(cancelled=1)
             raise
         except httpx2.HTTPError as exc:   # too late for another replica: say so, in-stream
             status = 502
             self.gateway.pool.mark_down(upstream, describe(exc))
             error = BadGatewayError(f"upstream {upstream.name!r} broke off the answer: "
                                     f"{describe(exc)}", code="upstream_disconnected")
-            g.error_code = error.code
+            self.ledger.error_code(error.code)
             yield f"data: {json.dumps(error.to_dict())}\n\ndata: [DONE]\n\n".encode()
         finally:
-            self.gateway._close(self.opened)
+            self.gateway.close_opened(self.opened)
             self._record(status == 200)
-            finish_request(status)
+            self.ledger.end(status)
 
     def _pass_through(self) -> Iterator[bytes]:
         """The upstream's events, each as soon as it is complete, up to its [DONE]: what
@@ -404,7 +423,7 @@ class _Relay:
                 f"upstream {self.opened.upstream.name!r} ended the answer without finishing "
                 "it (a llama_cpp.server upstream does so when another request arrives: run "
                 "it with --interrupt_requests false)", code="upstream_incomplete")
-            g.error_code = error.code
+            self.ledger.error_code(error.code)
             yield f"data: {json.dumps(error.to_dict())}\n\n".encode()
         yield done + b"\n\n"
         return status
@@ -448,9 +467,9 @@ class _Relay:
         if self.ttft is not None and tokens > 1 and elapsed > self.ttft:
             timings["decode_tokens_per_s"] = round((tokens - 1) / (elapsed - self.ttft), 2)
         if finished:
-            _record_usage(usage, self.model)
-        g.record.update(finish_reason=self.finish, timings=timings)
-        g.log.update(completion_tokens=tokens, finish=self.finish)
+            _record_usage(usage, self.model, self.ledger)
+        self.ledger.record.update(finish_reason=self.finish, timings=timings)
+        self.ledger.log.update(completion_tokens=tokens, finish=self.finish)
 
 
 def _is_done(frame: bytes) -> bool:

@@ -2,7 +2,7 @@
 queue and the loaded model, from a registry of the app's own.
 
 Request metrics come from the record every finished request hands to the observers
-(app.finish_request); the queue, the model and the worker's counters are read live at scrape
+(web.lifecycle.finish_request); the queue, the model and the worker's counters are read live at scrape
 time. Labels hold server-side values only: the URL rule (never the raw path), the method
 from a fixed set, the status, the finish reason and the served model id. A client can make
 no new series, so the series count stays bounded whatever it sends.

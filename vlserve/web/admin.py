@@ -11,7 +11,7 @@ import queue
 
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
 
-from .app import json_body
+from .lifecycle import json_body
 from ..errors import InvalidRequestError, NotFoundError, TimeoutError_
 from ..engine.worker import Worker
 

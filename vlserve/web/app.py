@@ -10,14 +10,15 @@ import logging
 import time
 from pathlib import Path
 
-from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
 
 from ..library import catalog
 from ..config import Settings
 from ..chat.images import ImageCache
 from ..library.disk import Library, LocalModel
 from ..ops.respcache import ResponseCache
+from .lifecycle import error_response, finish_request
 from ..errors import (APIError, InternalError, InvalidRequestError, MethodNotAllowedError,
                      NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError)
 from ..engine.worker import Worker
@@ -119,29 +120,6 @@ def _loader(settings: Settings, library: Library):
     return load
 
 
-def json_body(*, must_be_object: bool = False):
-    """The request's JSON body, or a 400 that says why: not JSON, nested deeper than the
-    parser's recursion allows (a 100,000-deep array is not a traceback), or not an object."""
-    try:   # JSON only (origin.py answers other types 415); no body at all is no JSON
-        body = request.get_json() if request.get_data(cache=True) else None
-    except BadRequest:
-        raise InvalidRequestError("the request body is not valid JSON") from None
-    except RecursionError:   # json's decoder recurses once per nesting level
-        raise InvalidRequestError("the request body is nested too deeply") from None
-    if must_be_object and not isinstance(body, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
-    return body
-
-
-def error_response(exc: APIError) -> Response:
-    response = jsonify(exc.to_dict())
-    response.status_code = exc.status
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(exc.retry_after)
-    response.headers.update(getattr(exc, "headers", {}))
-    return response
-
-
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(APIError)
     def on_api_error(exc: APIError):
@@ -180,22 +158,3 @@ def _register_logging(app: Flask) -> None:
         if not getattr(g, "stream_logs_itself", False):
             finish_request(response.status_code)
         return response
-
-
-def finish_request(status: int) -> None:
-    """The end of a request: its log line, then every observer with its record, then the
-    callbacks that free what the request held. Observers never fail a request."""
-    fields = " ".join(f"{k}={v}" for k, v in getattr(g, "log", {}).items())
-    ms = (time.monotonic() - getattr(g, "t0", time.monotonic())) * 1000
-    log.info("%s %s %s %.0fms %s", request.method, request.path, status, ms, fields)
-    record = {"time": round(time.time(), 3), "method": request.method,
-              "route": request.url_rule.rule if request.url_rule else None,
-              "path": request.path, "status": status, "duration_ms": round(ms, 1),
-              "client": request.remote_addr, "key": getattr(g, "key_name", None),
-              **getattr(g, "record", {})}
-    state = current_app.extensions.get("vlserve", {})
-    for call in [*state.get("observers", ()), *getattr(g, "on_finish", ())]:
-        try:
-            call(record)
-        except Exception:
-            log.exception("a request observer failed")

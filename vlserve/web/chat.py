@@ -11,7 +11,8 @@ from typing import Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
 from ..ops import audit, auth
-from .app import finish_request, json_body
+from . import forwarding
+from .lifecycle import finish_request, json_body
 from ..engine.llama import Prompt
 from ..engine.output import Delta, Finished
 from ..chat.context import Fit, fit_messages, strip_thinking
@@ -192,7 +193,7 @@ def chat_completions():
     upstream_model = _upstream_model(req.model, settings)
     if upstream_model is not None:
         images = _request_images(req, settings)
-        return _state()["gateway"].forward(body, req, images, upstream_model)
+        return forwarding.forward(_state()["gateway"], body, req, images, upstream_model)
     # Counted from here to the queue: requests arriving together start together (an idle
     # engine waits a moment for them rather than prefilling the first alone).
     with worker.arriving():
