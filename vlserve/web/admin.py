@@ -6,12 +6,11 @@ HTTP side only asks and waits. Progress and state changes reach the page over SS
 
 from __future__ import annotations
 
-import json
 import queue
 
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
 
-from .lifecycle import json_body
+from .lifecycle import json_body, sse_data
 from ..errors import InvalidRequestError, NotFoundError, TimeoutError_
 from ..engine.worker import Worker
 
@@ -95,11 +94,11 @@ def model_events():
 
     def stream():
         try:
-            yield _data({"type": "state", "state": worker.state, "reason": worker.reason,
+            yield sse_data({"type": "state", "state": worker.state, "reason": worker.reason,
                          "model": worker.model})
             while True:
                 try:
-                    yield _data(events.get(timeout=KEEPALIVE_SECONDS))
+                    yield sse_data(events.get(timeout=KEEPALIVE_SECONDS))
                 except queue.Empty:
                     yield ": keep-alive\n\n"   # also how a closed connection is noticed
         finally:
@@ -107,7 +106,3 @@ def model_events():
 
     return Response(stream_with_context(stream()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _data(event: dict) -> str:
-    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n"

@@ -1,10 +1,11 @@
 """What every request shares, whichever route serves it: its JSON body read (`json_body`), an
-error as its OpenAI-style answer (`error_response`), and its end (`finish_request`: the
-access-log line, then every observer with the request's record, then what frees what it
-held). Routes, the app's hooks and the gateway's glue import this; it imports no route."""
+error as its OpenAI-style answer (`error_response`), a stream's events (`sse_data`), and its
+end (`finish_request`: the access-log line, then every observer with the request's record,
+then what frees what it held). Routes, the app's hooks and the gateway's glue import this; it imports no route."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -56,3 +57,8 @@ def finish_request(status: int) -> None:
             call(record)
         except Exception:
             log.exception("a request observer failed")
+
+
+def sse_data(obj: dict) -> str:
+    """One server-sent event carrying `obj` as compact JSON."""
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
