@@ -1,9 +1,12 @@
-"""What a chat is, independent of HTTP and of llama.cpp: the request protocol and its
-validation (`protocol`); a conversation turned into a prompt (`prompt`: thinking stripped,
-fitted to the context, rendered by the model's template (`template`), images prepared
-(`images`, `remote`)); and generated tokens turned into an answer (`textstream`: bytes to
-text and stop strings; `reasoning`: the thinking split).
+"""What a chat is, independent of HTTP and of llama.cpp: the request and answer shapes and
+their validation (`protocol`, its fields declared once in `fields` for the parser and the
+OpenAPI document); a conversation turned into a prompt (`prompt`: earlier thinking stripped,
+fitted to the context by `context`, rendered by the model's template (`template`) and
+tokenized through the `PromptModel` interface the engine implements; images checked and
+prepared by `images`, fetched by `remote` when allowed); and generated tokens turned into an
+answer (`textstream`: bytes to text and stop strings; `answer` and `reasoning`: the
+reasoning apart from the content).
 
-May import: `errors` only. A model is reached through the small interface declared here
-(what tokenizes and counts image tokens), never imported.
+May import: `errors` only. A model is reached through the interface declared here, never
+imported.
 """

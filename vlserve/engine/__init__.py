@@ -1,7 +1,8 @@
 """Running a model: llama.cpp's model, context and multimodal projector behind a small
-public step API (`llama`), the continuous batcher that drives those steps for many
-sequences at once (`batch`), the KV prefix-reuse plan (`kvcache`), and the one engine
-thread with its queue, leases, switching and idle unload (`worker`, `events`).
+public step API (`llama`); what generating emits (`output`: Delta, Finished); the
+continuous batcher that drives those steps for many sequences at once (`batch`); the KV
+prefix-reuse plan (`kvcache`); and the one engine thread with its queue of jobs and switches
+(`worker`, `jobs`), leases, idle unload, warm-up (`warmup`) and load events (`events`).
 llama.cpp's log goes to Python logging (`llamalog`).
 
 A llama.cpp object is touched only by the engine thread, or by an HTTP thread under a

@@ -31,6 +31,7 @@ from llama_cpp import mtmd_cpp
 
 from ..library import gpu
 from . import llamalog
+from .batch import Batcher, Sequence
 from .output import Delta, Finished
 from ..config import Settings, context_size
 from ..errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
@@ -194,7 +195,6 @@ class LlamaEngine:
         self._vocab = self._model.vocab
         self._batch = internals.LlamaBatch(n_tokens=settings.n_batch, embd=0,
                                            n_seq_max=settings.parallel, verbose=False)
-        from .batch import Batcher   # (batch.py imports this module's events)
         self.batcher = Batcher(self, settings.parallel, unified=settings.kv_unified)
         # A random marker: a client's text can never smuggle in an image placeholder.
         self._marker = f"<__media_{secrets.token_hex(8)}__>"
@@ -378,7 +378,6 @@ class LlamaEngine:
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]:
         """One request on its own (warm-up, tests): the batcher with nothing else in it.
         A consumer that stops early cancels it."""
-        from .batch import Sequence
         events: collections.deque = collections.deque()
         halted = [False]
         self.batcher.admit(Sequence(prompt, params, lambda: halted[0] or cancelled(),

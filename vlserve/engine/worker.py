@@ -3,9 +3,9 @@ or unloaded.
 
 HTTP threads `submit()` a job and read events from the job's own queue. The worker takes
 queued items in order — jobs, and requests to load another model — admits jobs into the
-engine's free sequences and steps them together (batch.py: continuous batching; engines
-without a batcher run one job at a time). A full queue is refused at once (503), never piled
-up; a job whose client left or whose deadline passed is skipped or stopped within a token.
+engine's free sequences and steps them together (batch.py: continuous batching). A full
+queue is refused at once (503), never piled up; a job whose client left or whose deadline
+passed is skipped or stopped within a token.
 Exceptions travel back through the job's queue, so the HTTP thread decides the status.
 
 Switching happens here too, once the running jobs are done: jobs queued behind a switch

@@ -2,8 +2,8 @@
 vlserves): the upstreams, their health and load (`upstream`), and the forwarding itself,
 with failover and the stream passed through (`forward`).
 
-No Flask here: `forward` returns what to send (status, headers, body or a stream of SSE
-frames) and tells its caller, through a callback, how the request ended.
+No Flask here: `forward` returns what to send (headers and a body, or a stream of SSE
+frames) and fills the caller's `Ledger` (record, log fields, error code, end of the stream).
 
-May import: `chat`, `config`, `errors`.
+May import: `chat`, `library`, `errors`.
 """

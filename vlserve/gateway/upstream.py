@@ -7,7 +7,7 @@ that cannot connect marks its upstream down at once, and a later successful chec
 marks it up again. Upstreams serving the same model id are replicas of it: `choose` picks
 the healthy one with the fewest requests in flight.
 
-Nothing here forwards a chat request: that is gateway.py.
+Nothing here forwards a chat request: that is forward.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger("vlserve.upstream")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LOCAL = "local"   # the backend name of the model served in this process
 # What an upstream's model cards say about the server behind them (`owned_by`): the server
-# kind decides how vlserve's parameters are mapped (gateway.py).
+# kind decides how vlserve's parameters are mapped (forward.py).
 KINDS = {"vllm": "vllm", "vlserve": "vlserve", "llamacpp": "llama.cpp", "me": "llama.cpp"}
 
 

@@ -1,6 +1,6 @@
 """The models vlserve knows by name (catalog.toml + the user's models/catalog.toml), how much
 memory each needs, and which one fits this machine. Pure data and arithmetic: downloading
-is hub.py's, what is on disk is library.py's.
+is hub.py's, what is on disk is disk.py's.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ reach the console log. The RotatingFileHandler's lock serializes the request thr
 writes and the rotation; one gunicorn worker process writes the file, so no other process
 rotates it underneath.
 
-With `--log-content`, api.py puts `content(req, images, answer, reasoning)` into the
-request's record as "content":
+With `--log-content`, the chat answer (web.answer) puts
+`content(req, images, answer, reasoning)` into the request's record as "content":
 
     {"messages": [{"role": "user", "content": [{"type": "text", "text": "…"},
                                                {"type": "image", "sha256": "…"}]}],

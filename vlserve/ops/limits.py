@@ -141,7 +141,7 @@ class Limits:
                     f"limit is {self.slots.limit} at once; retry when one has finished",
                     retry_after=1)
             g.limits_release = release
-            g.on_finish.append(release)   # app.py calls it once the response is complete
+            g.on_finish.append(release)   # web.lifecycle.finish_request calls it once the response is complete
         if self.rate is not None:
             wait = self.rate.take(who)
             if wait:
