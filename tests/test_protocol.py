@@ -79,6 +79,13 @@ def test_max_completion_tokens_is_accepted():
         {"type": "image_url", "image_url": {"url": "data:", "detail": ["high"]}}]}]},
      "messages[0].content[0].image_url.detail"),
     ({"messages": OK, "reasoning_format": ["none"]}, "reasoning_format"),
+    # stream_options: an object of booleans, not anything truthy or falsy
+    ({"messages": OK, "stream": True, "stream_options": False}, "stream_options"),
+    ({"messages": OK, "stream": True, "stream_options": ""}, "stream_options"),
+    ({"messages": OK, "stream": True, "stream_options": {"include_usage": "yes"}},
+     "stream_options.include_usage"),
+    ({"messages": OK, "stream": True, "stream_options": {"include_usage": 1}},
+     "stream_options.include_usage"),
 ])
 def test_bad_requests_name_their_field(body, param):
     with pytest.raises(InvalidRequestError) as info:

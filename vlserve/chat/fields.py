@@ -187,14 +187,20 @@ class Texts(Field):
 
 @dataclass(frozen=True)
 class Options(Field):
-    """An object of boolean options (name -> description), each false unless set to
-    anything true; absent, null or empty: all false."""
+    """An object of boolean options (name -> description), each true or false (absent or
+    null: false); the object absent or null: all false. Other keys are left to other
+    servers (OpenAI adds options over time)."""
     options: dict[str, str]
 
     def read(self, body: dict) -> dict[str, bool]:
-        value = body.get(self.name) or {}
+        value = body.get(self.name)
+        if value is None:
+            value = {}
         if not isinstance(value, dict):
             raise bad(f"'{self.name}' must be an object", self.name)
+        for name in self.options:
+            if value.get(name) is not None and not isinstance(value[name], bool):
+                raise bad(f"'{self.name}.{name}' must be true or false", f"{self.name}.{name}")
         return {name: bool(value.get(name)) for name in self.options}
 
     def schema(self) -> dict:
