@@ -28,6 +28,29 @@ def chromium_path() -> str | None:
     return None
 
 
+REQUIRE = os.environ.get("VLSERVE_REQUIRE_BROWSER") == "1"   # CI: a missing browser fails
+
+
+def need_browser() -> None:
+    """Skip the calling test when Playwright or Chromium is missing, on a developer's machine
+    only: with VLSERVE_REQUIRE_BROWSER=1 (CI) that is a failure, never a silent skip."""
+    import pytest
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "the playwright package is not installed (pip install -e '.[dev]')"
+    if reason is None and chromium_path() is None:
+        configured = os.environ.get("VLSERVE_CHROMIUM")
+        reason = (f"VLSERVE_CHROMIUM={configured} is not an executable" if configured else
+                  "no chromium found: install Debian's chromium (apt-get install chromium) "
+                  "or set VLSERVE_CHROMIUM")
+    if reason is not None:
+        if REQUIRE:
+            pytest.fail(f"VLSERVE_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
 LAUNCHED: dict[str, str] = {}   # path -> version of every chromium the tests started
 
 

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from browser import CHROMIUM_ARGS, chromium_path, launch
+from browser import CHROMIUM_ARGS, chromium_path, launch, need_browser
 from conftest import LiveServer, make_model, user, wait_for
 from vlserve.ops import origin
 from vlserve.config import Settings
@@ -460,9 +460,7 @@ class _AttackerPage(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def browser():
-    if chromium_path() is None:
-        pytest.skip("no chromium (set VLSERVE_CHROMIUM); the same checks ran without one above")
-    pytest.importorskip("playwright.sync_api")
+    need_browser()   # CI fails without one; elsewhere the checks above ran without it
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = launch(p)

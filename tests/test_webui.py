@@ -23,31 +23,13 @@ import pytest
 import requests
 from PIL import Image
 
-from browser import chromium_path, launch, watch
+from browser import launch, need_browser, watch
 from conftest import LiveServer, ROOT, user
 from make_tiny_model import make_model
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}
-REQUIRE = os.environ.get("VLSERVE_REQUIRE_BROWSER") == "1"
 STATUS_ERROR = "Failed to load resource: the server responded with a status of {}"
-
-
-def _need_browser() -> None:
-    reason = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        reason = "the playwright package is not installed (pip install -e '.[dev]')"
-    if reason is None and chromium_path() is None:
-        configured = os.environ.get("VLSERVE_CHROMIUM")
-        reason = (f"VLSERVE_CHROMIUM={configured} is not an executable" if configured else
-                  "no chromium found: install Debian's chromium (apt-get install chromium) "
-                  "or set VLSERVE_CHROMIUM")
-    if reason is not None:
-        if REQUIRE:
-            pytest.fail(f"VLSERVE_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
 
 
 # ---- fixtures -----------------------------------------------------------------------------------
@@ -55,12 +37,12 @@ def _need_browser() -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _browser_first():
     """Skip (or fail) before any server is started for nothing."""
-    _need_browser()
+    need_browser()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    _need_browser()
+    need_browser()
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = launch(p)
