@@ -18,8 +18,8 @@ vlserve_bootstrap() {
     local extras="${1:-}" root py backend stamp want
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     py="${PYTHON:-python3}"
-    if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-        echo "vlserve needs Python 3.10 or newer (set PYTHON=/path/to/python3)" >&2
+    if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "vlserve needs Python 3.11 or newer (set PYTHON=/path/to/python3)" >&2
         return 1
     fi
     [ -x "$root/.venv/bin/python" ] || "$py" -m venv "$root/.venv" || return 1
@@ -61,8 +61,8 @@ vlserve_bootstrap_bundle() (
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     py="${PYTHON:-python3}"
     [ -x "$root/.venv/bin/python" ] && py="$root/.venv/bin/python"
-    if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-        echo "vlserve needs Python 3.10 or newer (set PYTHON=/path/to/python3)" >&2
+    if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "vlserve needs Python 3.11 or newer (set PYTHON=/path/to/python3)" >&2
         exit 1
     fi
     trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT

@@ -24,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.url:
         return shoot(args.url, out_dir)
     from conftest import LiveServer
-    from make_tiny_model import make_model
+    from vlserve.library.tinymodel import make_model
     with tempfile.TemporaryDirectory() as tmp:
         model, mmproj = make_model(Path(tmp) / "tiny")
         server = LiveServer((str(model), str(mmproj)), "--no-warmup", "--alias", ALIAS,

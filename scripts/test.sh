@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, CI): set up .venv with the dev extras, generate the tiny model,
-# run the whole suite against the real llama.cpp engine. Extra arguments go to pytest.
+# The test command (README, CI): set up .venv with the dev extras, then run the whole suite
+# against the real llama.cpp engine (the tests generate their tiny models). Extra arguments
+# go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
@@ -17,5 +18,4 @@ chromium="${VLSERVE_CHROMIUM:-$(command -v chromium || command -v chromium-brows
 if [ -n "$chromium" ]; then
     echo "vlserve: page tests use $("$chromium" --version 2>/dev/null || echo "$chromium (no --version)")" >&2
 fi
-.venv/bin/python scripts/make_tiny_model.py --out-dir models/tiny >/dev/null
 exec .venv/bin/python -m pytest "$@"

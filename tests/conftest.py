@@ -16,10 +16,8 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_tiny_model import make_model  # noqa: E402
-
+from vlserve.library.tinymodel import make_model  # noqa: E402
 from vlserve.web.app import create_app  # noqa: E402
 from vlserve.config import Settings  # noqa: E402
 
@@ -138,17 +136,20 @@ class ServerProcess:
     ready_path = "/health"
     verify: bool | str = True   # with --certfile: that certificate (requests' `verify`)
 
-    def _start(self, cmd: list[str], log_path: Path) -> None:
+    def _start(self, cmd: list[str], log_path: Path, *, cwd: Path = ROOT,
+               env: dict | None = None, wait: bool = True) -> None:
+        """Start `cmd`; with `wait`, return once it is ready (else call `wait_ready`)."""
         scheme = "http" if self.verify is True else "https"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(env or os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=ROOT)
-        self._wait_ready()
+                                     cwd=cwd)
+        if wait:
+            self.wait_ready()
 
-    def _wait_ready(self, timeout: float = 120):
+    def wait_ready(self, timeout: float = 120):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             assert self.proc.poll() is None, self.log()

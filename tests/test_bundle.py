@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ROOT, data_url, free_port, user
-from make_tiny_model import make_model
+from vlserve.library.tinymodel import make_model
 
 from vlserve.bundle import sha256
 

@@ -20,8 +20,7 @@ from vlserve.library.gpu import (GiB, Layout, Memory, MiB, OffloadPlan, default_
                          estimate_compute_bytes, format_bytes, gpu_offload_supported,
                          kv_bytes_per_layer, load_with_fewer_layers, plan_gpu_layers, read_layout)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from make_tiny_model import make_model  # noqa: E402
+from vlserve.library.tinymodel import make_model  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

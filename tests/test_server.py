@@ -232,11 +232,13 @@ def test_every_option_reads_its_vlserve_environment_variable(monkeypatch, tiny_m
     assert (s.port, s.repack, s.images.max_images, s.host) == (9123, False, 3, "127.0.0.1")
 
 
-def test_demo_serves_the_generated_demo_model():
-    from vlserve.cli import DEMO_DIR, serve, settings_from_options
-    s = settings_from_options(dict(serve.make_context("serve", ["--demo"]).params))
+def test_demo_serves_the_generated_demo_model(tmp_path):
+    from vlserve.cli import serve, settings_from_options
+    from vlserve.library.places import demo_dir
+    args = ["--demo", "--models-dir", str(tmp_path)]
+    s = settings_from_options(dict(serve.make_context("serve", args).params))
     assert s.demo and s.model_id == "vlserve-demo-tiny"
-    assert Path(s.model).parent == DEMO_DIR and Path(s.mmproj).is_file()
+    assert Path(s.model).parent == demo_dir(tmp_path) and Path(s.mmproj).is_file()
 
 
 def test_dev_server_streams_too(tiny_model, tmp_path):

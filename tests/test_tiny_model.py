@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from make_tiny_model import make_model  # conftest puts scripts/ on sys.path
+from vlserve.library.tinymodel import make_model
 
 
 def sha256(path) -> str:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from browser import launch, need_browser, watch
 from conftest import LiveServer, ROOT, user
-from make_tiny_model import make_model
+from vlserve.library.tinymodel import make_model
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}

@@ -16,9 +16,7 @@ from .chat.images import ImageLimits
 from .options import option
 from .chat.remote import RemotePolicy
 from .gateway.upstream import UpstreamSpecError, parse_specs
-
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_DIR = ROOT / "models" / "tiny"
+from .library.places import demo_dir
 DEMO_WARNING = ("DEMO MODEL: serving a generated tiny Qwen3-VL with RANDOM WEIGHTS — its "
                 "answers are gibberish. Run without --demo (or with --model 8b, a GGUF path…) "
                 "to serve a real model.")
@@ -211,7 +209,7 @@ PARALLEL = AutoOrCount("sequences", 1, 64, auto_parallel, "use 1 to 64 sequences
 @option("--keyfile", type=click.Path(dir_okay=False, exists=True),
         help="The certificate's PEM private key.")
 @option("--webui-dir", type=click.Path(file_okay=False),
-        help="Folder of the chat page (default: webui/ of this checkout).")
+        help="Folder of the chat page (default: the page shipped in the package, vlserve/webui).")
 @option("--dev", is_flag=True, help="Use Flask's development server instead of gunicorn.")
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
         default=default("log_level"), help="Log level.")
@@ -229,9 +227,8 @@ def serve(**opts):
               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args):
-    """Benchmark vlserve against raw llama-cpp-python and peers (scripts/bench.py; --help)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from bench import main as bench_main
+    """Benchmark vlserve against raw llama-cpp-python and peers (vlserve bench --help)."""
+    from .bench import main as bench_main
     bench_main(list(args))
 
 
@@ -287,20 +284,19 @@ def _chosen_model(opts: dict) -> dict:
     from .library.startup import StartupError, choose
     try:
         choice = choose(opts["model"], opts["mmproj"], models_dir=Path(opts["models_dir"]),
-                        quant=opts["quant"], exclude=DEMO_DIR)
+                        quant=opts["quant"], exclude=demo_dir(opts["models_dir"]))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
-    demo = DEMO_DIR in choice.model.resolve().parents
+    demo = demo_dir(opts["models_dir"]).resolve() in choice.model.resolve().parents
     alias = opts["model_alias"] or (choice.entry.id if choice.entry else None)
     return {"model": str(choice.model), "mmproj": str(choice.mmproj), "demo": demo,
             "model_alias": alias}
 
 
 def _demo_model(opts: dict) -> dict:
-    """No model given: generate (once) and serve the tiny random-weight model."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_tiny_model import make_model
-    model, mmproj = make_model(DEMO_DIR)
+    """The tiny random-weight model, generated the first time into <models-dir>/tiny."""
+    from .library.tinymodel import demo_model
+    model, mmproj = demo_model(demo_dir(opts["models_dir"]))
     return {"model": str(model), "mmproj": str(mmproj), "demo": True,
             "model_alias": opts.get("model_alias") or "vlserve-demo-tiny"}
 
@@ -318,7 +314,7 @@ def setup_logging(level: str) -> None:
 @option("--quant", help="Quant of the model file (default: the catalog's, Q4_K_M).")
 @option("--mmproj-quant", help="Precision of the projector (default: the catalog's, F16).")
 @option("--revision", help="A branch, tag or commit of the Hugging Face repo.")
-@option("--models-dir", type=click.Path(file_okay=False), default="models",
+@option("--models-dir", type=click.Path(file_okay=False), default=default("models_dir"),
         help="Where to put it (in a folder named after the repo).")
 def pull(name, quant, mmproj_quant, revision, models_dir):
     """Download a catalog model (e.g. 2b, 8b, 4b-thinking) and its mmproj from Hugging Face.
@@ -341,7 +337,7 @@ def pull(name, quant, mmproj_quant, revision, models_dir):
 
 
 @main.command("models")
-@option("--models-dir", type=click.Path(file_okay=False), default="models",
+@option("--models-dir", type=click.Path(file_okay=False), default=default("models_dir"),
         help="Where local models are looked for.")
 def list_models(models_dir):
     """The catalog (with the memory each model needs) and the models on disk."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from .chat.images import ImageLimits
 from .chat.remote import RemotePolicy
 from .gateway.upstream import UpstreamSpec
+from .library.places import default_models_dir
 
 DEFAULT_CTX = 8192   # context when neither --ctx-size nor the model's catalog entry says
 
@@ -51,11 +52,13 @@ class Settings:
     mmproj: str | None = None         # path to the vision projector GGUF
     model_alias: str | None = None    # id shown in /v1/models (default: GGUF file stem)
     demo: bool = False                # serving the generated random-weight model
-    models_dir: str = "models"        # where pulled and dropped-in models live
+    # where pulled and dropped-in models live (library/places.py: a checkout's models/, else
+    # the per-user data folder)
+    models_dir: str = field(default_factory=lambda: str(default_models_dir()))
     quant: str | None = None          # preferred catalog quant (None = the catalog's default)
     switch_on_request: bool = True    # a request naming another local model loads it
     keep_alive: float = 0             # seconds idle before the model is unloaded; 0 = never
-    webui_dir: str | None = None      # the chat page's folder (None: the checkout's webui/)
+    webui_dir: str | None = None      # the chat page's folder (None: the package's own)
 
     # engine
     n_ctx: int | None = None          # 0 = the model's training context; None = the

@@ -5,15 +5,11 @@ is hub.py's, what is on disk is disk.py's.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import tomllib
 
 GB = 10**9
 USER_CATALOG = "catalog.toml"      # in the models directory

@@ -157,13 +157,16 @@ def _entry_for(folder: Path, catalog: Catalog | None) -> Entry | None:
 
 def resolve(name: str, models: list[LocalModel], catalog: Catalog | None = None,
             quant: str | None = None) -> LocalModel | None:
-    """The local model a name means: its id (case-insensitive), its file name, or a catalog
-    name/alias whose files are on disk (the preferred quant first). Never a path: clients
-    send these names, and a name is only ever compared, never opened."""
+    """The local model a name means: its id (case-insensitive), else its file name, else a
+    catalog name/alias whose files are on disk (the preferred quant first). Ids first: a
+    model dropped in under another's file name (the demo's, say) is still its own model.
+    Never a path: clients send these names, and a name is only ever compared, never opened."""
     key = name.strip()
-    for m in models:
-        if key.lower() in (m.id.lower(), m.model.name.lower(), m.model.stem.lower()):
-            return m
+    by_id = (m for m in models if key.lower() == m.id.lower())
+    by_file = (m for m in models if key.lower() in (m.model.name.lower(), m.model.stem.lower()))
+    found = next(by_id, None) or next(by_file, None)
+    if found is not None:
+        return found
     entry = catalog.find(key) if catalog else None
     if entry is None:
         return None

@@ -1,4 +1,6 @@
-"""The chat page (webui/: plain HTML, CSS and JS, no build step) at / and /chat.html.
+"""The chat page at / and /chat.html: plain HTML, CSS and JS with no build step, shipped
+inside the package (vlserve/webui/, package data; the checkout's top-level webui/ is a link to
+it) so that an installed vlserve serves it with no checkout beside it.
 
 The page talks only to this server's own API, so it is served with a strict Content Security
 Policy: no inline scripts or styles, no third-party origins; images only from the page
@@ -7,6 +9,7 @@ itself, data: and blob: URLs (uploads and their thumbnails).
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, send_from_directory
@@ -19,10 +22,11 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; "
 
 
 def find_webui(configured: str | None) -> Path | None:
-    """The page's folder: as configured, else the checkout's webui/, else ./webui."""
-    candidates = [Path(configured)] if configured else [
-        Path(__file__).resolve().parent.parent / "webui", Path.cwd() / "webui"]
-    return next((p for p in candidates if (p / "index.html").is_file()), None)
+    """The page's folder: --webui-dir when given, else the package's own; None without an
+    index.html there. (pip installs packages as plain folders, so the package's resources
+    are files Flask can send.)"""
+    folder = Path(configured) if configured else Path(str(resources.files("vlserve") / "webui"))
+    return folder if (folder / "index.html").is_file() else None
 
 
 def _folder() -> Path:

@@ -1,23 +1,26 @@
-#!/usr/bin/env python3
-"""Write a random-weight Qwen3-VL GGUF (text model + mmproj) for tests and benchmarks.
+"""Write a random-weight Qwen3-VL GGUF (text model + mmproj): the demo model (`--demo`), and
+the model of the tests and benchmarks.
 
 The files use the real Qwen3-VL layout (`qwen3vl` text architecture, `qwen3vl_merger`
 projector with deepstack layers, byte-level BPE vocab with the Qwen special tokens and a
 ChatML template), so llama.cpp runs its real code paths on them; only the weights are
 random.  Generated text is gibberish, but always printable ASCII (see `output_head`).
 
-    python scripts/make_tiny_model.py [--out-dir models/tiny] [--preset tiny|small|bench] [--thinking]
-                                      [--quant f32|f16|q8_0|q4_0] [--seed 0]
+    python -m vlserve.library.tinymodel [--out-dir models/tiny] [--preset tiny|small|bench]
+                                        [--thinking] [--quant f32|f16|q8_0|q4_0] [--seed 0]
+
+(`python scripts/make_tiny_model.py …` in a checkout is the same command.)
 
 Presets: `tiny` (default) is as small as llama.cpp accepts and generates in well under a
 second; `bench` has Qwen3-VL-2B's real dimensions (~1.2 GB at q4_0) for speed measurements.
-The same arguments always produce byte-identical files.
+The same arguments always produce byte-identical files (for one GENERATOR_VERSION).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,10 @@ FILE_TYPES = {
     "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
 }
 F32 = gguf.GGMLQuantizationType.F32
+# Raised whenever a change here changes the files written: the demo model's file names carry
+# it, so an older demo model on disk is not taken for the current one (it is made again).
+GENERATOR_VERSION = 1
+DEMO_NAME = f"vlserve-demo-g{GENERATOR_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -317,19 +324,24 @@ def nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
 def write_gguf(path: Path, w: gguf.GGUFWriter, tensors: list[Tensor], seed: list[int]) -> None:
     """Generate and write the tensors one at a time, so bench weights never sit in RAM at once.
 
-    Writes to a temporary name, then renames, so a reader never sees a half-written file.
+    Writes to a temporary name of its own, then renames, so a reader never sees a half-written
+    file and two writers at once (two servers starting with --demo) never share one.
     """
     for t in tensors:
         w.add_tensor_info(t.name, t.shape, np.float32, nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
-    tmp = path.with_name(path.name + ".tmp")
-    w.write_header_to_file(tmp)
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    rng = np.random.default_rng(seed)
-    for t in tensors:
-        w.write_tensor_data(encode(t.init(rng, t.shape), t.qtype))
-    w.close()
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        w.write_header_to_file(tmp)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        rng = np.random.default_rng(seed)
+        for t in tensors:
+            w.write_tensor_data(encode(t.init(rng, t.shape), t.qtype))
+        w.close()
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)   # gone already when the rename happened
 
 
 def text_tensors(d: TextDims, vocab: Vocab, qtype: gguf.GGMLQuantizationType) -> list[Tensor]:
@@ -462,9 +474,12 @@ def write_mmproj(path: Path, v: VisionDims, n_out: int, quant: str, seed: int) -
 
 
 def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | None = None,
-               seed: int = 0, thinking: bool = False) -> tuple[Path, Path]:
-    """Write `<out_dir>/qwen3vl-<preset>[-thinking]-<quant>.gguf` and its mmproj; return both
-    paths. `thinking` gives it a Thinking model's template (the prompt opens `<think>`)."""
+               seed: int = 0, thinking: bool = False, *, name: str | None = None,
+               keep_existing: bool = False) -> tuple[Path, Path]:
+    """Write `<out_dir>/<name>-<quant>.gguf` and `mmproj-<name>-<quant>.gguf`; return both
+    paths. `name` defaults to `qwen3vl-<preset>[-thinking]`. `thinking` gives it a Thinking
+    model's template (the prompt opens `<think>`). `keep_existing`: a file already there is
+    left as it is (its name must then say which generator wrote it)."""
     spec = PRESETS[preset]
     quant = quant or spec.quant
     # llama.cpp adds deepstack features after each of the first n layers, and fails an assert
@@ -472,12 +487,20 @@ def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | No
     assert len(spec.vision.deepstack_layers) < spec.text.n_layer
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"qwen3vl-{preset}-thinking" if thinking else f"qwen3vl-{preset}"
+    name = name or (f"qwen3vl-{preset}-thinking" if thinking else f"qwen3vl-{preset}")
     model = out / f"{name}-{quant}.gguf"
     mmproj = out / f"mmproj-{name}-{mmproj_quant(quant)}.gguf"
-    write_text_model(model, spec.text, spec.vision, quant, seed, thinking)
-    write_mmproj(mmproj, spec.vision, spec.text.n_embd, mmproj_quant(quant), seed)
+    if not (keep_existing and model.is_file()):
+        write_text_model(model, spec.text, spec.vision, quant, seed, thinking)
+    if not (keep_existing and mmproj.is_file()):
+        write_mmproj(mmproj, spec.vision, spec.text.n_embd, mmproj_quant(quant), seed)
     return model, mmproj
+
+
+def demo_model(folder: Path) -> tuple[Path, Path]:
+    """The demo model (`--demo`) in `folder`: written the first time only, then served as it
+    is; GENERATOR_VERSION in its names makes a newer generator write its own."""
+    return make_model(folder, name=DEMO_NAME, keep_existing=True)
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
 """Measure vlserve through its HTTP API against raw llama-cpp-python, in one run.
 
-    .venv/bin/python scripts/bench.py                       # generates the bench preset (Q4_0)
-    .venv/bin/python scripts/bench.py --model M.gguf --mmproj P.gguf --threads 8
-    .venv/bin/python scripts/bench.py --scenario turns --llama-server /path/to/llama-server
+    vlserve bench                                   # generates the bench preset (Q4_0)
+    vlserve bench --model M.gguf --mmproj P.gguf --threads 8
+    vlserve bench --scenario turns --llama-server /path/to/llama-server
+
+(`python scripts/bench.py …` in a checkout is the same command.)
 
 Two scenarios (`--scenario decode|turns|all`, default all):
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import importlib.util
 import io
 import json
@@ -41,8 +43,9 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from .library.tinymodel import make_model
+
+SERVE = [sys.executable, "-m", "vlserve", "serve"]   # this vlserve, checkout or installed
 
 PROMPT = ("You are looking at a busy workshop. Describe, step by step and in detail, how a "
           "careful technician would inspect a machine for wear, which parts they would check "
@@ -82,11 +85,9 @@ def launch(name: str, cmd: list[str], ready_url: str) -> subprocess.Popen:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-4000:]
             raise SystemExit(f"{name} exited ({' '.join(cmd)}):\n{tail}")
-        try:
+        with contextlib.suppress(requests.RequestException):   # not listening yet
             if requests.get(ready_url, timeout=2).status_code == 200:
                 return proc
-        except requests.RequestException:
-            pass
         time.sleep(0.5)
     stop(proc)
     raise SystemExit(f"{name} did not become ready; log: {log_path}")
@@ -103,8 +104,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def start_server(args, port: int, parallel: int = 1) -> subprocess.Popen:
     """vlserve; one sequence unless asked (the single-user scenarios compare one slot)."""
-    cmd = [sys.executable, str(ROOT / "server.py"), "serve", "--model", args.model,
-           "--mmproj", args.mmproj, "--port", str(port), "--threads", str(args.threads),
+    cmd = [*SERVE, "--model", args.model, "--mmproj", args.mmproj, "--port", str(port),
+           "--threads", str(args.threads),
            "--ctx-size", str(args.ctx), "--log-level", "warning", "--parallel", str(parallel),
            "--queue-size", "16", "--kv-unified" if args.kv_unified else "--no-kv-unified"]
     if not args.repack:
@@ -142,7 +143,7 @@ def bench_raw(args) -> dict:
     import llama_cpp
     from llama_cpp import _internals as internals
 
-    from vlserve.engine import llamalog
+    from .engine import llamalog
     llamalog.install()
     mp = llama_cpp.llama_model_default_params()
     mp.use_extra_bufts = args.repack
@@ -270,7 +271,7 @@ def bench_gateway(args) -> dict:
     port, gw_port = free_port(), free_port()
     upstream = start_server(args, port)
     gateway = launch("vlserve-gateway", [
-        sys.executable, str(ROOT / "server.py"), "serve", "--port", str(gw_port),
+        *SERVE, "--port", str(gw_port),
         "--upstream", f"up=http://127.0.0.1:{port}", "--log-level", "warning"],
         f"http://127.0.0.1:{gw_port}/health")
     urls = {"direct": f"http://127.0.0.1:{port}", "gateway": f"http://127.0.0.1:{gw_port}"}
@@ -507,18 +508,15 @@ def print_decode(args, api: dict, raw: dict) -> dict:
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):   # Linux names the CPU model
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), cpu)
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(prog="vlserve bench", description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model")
     ap.add_argument("--mmproj")
     ap.add_argument("--quant", default="q4_0", choices=["q4_0", "q8_0", "f16", "f32"],
@@ -552,7 +550,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     tmp = None
     if not args.model:
-        from make_tiny_model import make_model
         tmp = tempfile.TemporaryDirectory(prefix="vlserve-bench-")
         t0 = time.monotonic()
         model, mmproj = make_model(Path(tmp.name), preset="bench", quant=args.quant)
