@@ -244,6 +244,29 @@ def test_usage_is_passed_only_when_asked(gateway):
         == [(4, True), (4, True)]
 
 
+def test_response_format_reaches_the_upstream(gateway):
+    """Checked here (a schema nobody can enforce is refused before any upstream), then passed
+    on as the client wrote it: a vlserve replica holds the answer to the schema, and
+    llama-cpp-python's server (which knows json_object only) to JSON."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["ok", "n"],
+              "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}}}
+    body = {"model": "tiny-r", "messages": [user("as JSON")], "max_tokens": 60,
+            "temperature": 1, "response_format": {"type": "json_schema",
+                                                   "json_schema": {"name": "x", "schema": schema}}}
+    r = chat(gateway, body, CHAT_KEY)
+    assert r.status_code == 200, r.text
+    answer = json.loads(r.json()["choices"][0]["message"]["content"])
+    assert set(answer) == {"ok", "n"} and answer["ok"] in (True, False) and answer["n"] in (1, 2, 3)
+    lc = chat(gateway, {**body, "model": "tiny-lc", "response_format": {"type": "json_object"}},
+              CHAT_KEY)
+    assert lc.status_code == 200, lc.text
+    assert lc.json()["choices"][0]["message"]["content"].startswith("{")   # its grammar's
+    refused = chat(gateway, {**body, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "strict": True, "schema": {"type": "object", "unevaluatedProperties": 1}}}},
+        CHAT_KEY)
+    assert refused.status_code == 400 and "unevaluatedProperties" in refused.text
+
+
 # ---- images ---------------------------------------------------------------------------------
 
 def test_images_are_prepared_here_before_they_leave(gateway, peers):

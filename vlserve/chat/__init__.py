@@ -1,6 +1,6 @@
 """What a chat is, independent of HTTP and of llama.cpp: the request and answer shapes and
 their validation (`protocol`, its fields declared once in `fields` for the parser and the
-OpenAPI document); a conversation turned into a prompt (`prompt`: earlier thinking stripped,
+OpenAPI document; `constraint`: a response_format compiled to a grammar); a conversation turned into a prompt (`prompt`: earlier thinking stripped,
 fitted to the context by `context`, rendered by the model's template (`template`) and
 tokenized through the `PromptModel` interface the engine implements; images checked and
 prepared by `images`, fetched by `remote` when allowed); and generated tokens turned into an

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .constraint import Constraint, ResponseFormat
 from .fields import (Choice, DefaultOnly, Flag, Number, Options, Text, Texts, bad, nullable,
                      object_schema, text)
 
@@ -60,6 +61,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    constraint: Constraint | None = None   # response_format: the answer's grammar
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,13 @@ N = DefaultOnly("n", 1, 1_000_000, 1, integer=True,
 REASONING_FORMAT = Choice("reasoning_format", REASONING_FORMATS, "auto", description=(
     "Thinking models: `none` keeps the reasoning inline in `content` as "
     "`<think>...</think>`; the others put it in `reasoning_content`."))
+RESPONSE_FORMAT = ResponseFormat("response_format", description=(
+    "`json_object` or `json_schema`: the answer is JSON (valid against the schema), enforced "
+    "token by token; it ends when the JSON is complete (`finish_reason` `stop`), or is cut "
+    "by max_tokens (`length`: then it is not complete). A Thinking model reasons freely "
+    "first. Not combinable with `stop`."))
 FIELDS = (MODEL, STREAM, STREAM_OPTIONS, MAX_TOKENS, MAX_COMPLETION_TOKENS, *SAMPLING, N,
-          REASONING_FORMAT)
+          REASONING_FORMAT, RESPONSE_FORMAT)
 
 
 def _parse_part(part: Any, param: str) -> TextPart | ImagePart:
@@ -175,10 +182,15 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
     parsed = tuple(_parse_message(m, i) for i, m in enumerate(messages))
     max_tokens = (MAX_COMPLETION_TOKENS if body.get("max_completion_tokens") is not None
                   else MAX_TOKENS)
+    sampling = {f.name: f.read(body) for f in SAMPLING}
+    constraint = RESPONSE_FORMAT.read(body)
+    if constraint is not None and sampling["stop"]:
+        raise bad("stop strings cannot be combined with a JSON response_format: they could "
+                  "cut the JSON short", "stop")
     return ChatRequest(
         messages=parsed,
         params=SamplingParams(max_tokens=max_tokens.read(body, hi=max_tokens_cap),
-                              **{f.name: f.read(body) for f in SAMPLING}),
+                              constraint=constraint, **sampling),
         model=model,
         stream=stream,
         include_usage=options["include_usage"],

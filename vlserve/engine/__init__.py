@@ -1,6 +1,7 @@
 """Running a model: llama.cpp's model, context and multimodal projector behind a small
 public step API (`llama`); what generating emits (`output`: Delta, Finished); the
-continuous batcher that drives those steps for many sequences at once (`batch`); the KV
+continuous batcher that drives those steps for many sequences at once (`batch`), each with
+its own grammar when its answer has a response_format (`guide`: llguidance); the KV
 prefix-reuse plan (`kvcache`); and the one engine thread with its queue of jobs and switches
 (`worker`, `jobs`), leases, idle unload, warm-up (`warmup`) and load events (`events`).
 llama.cpp's log goes to Python logging (`llamalog`).

@@ -10,7 +10,8 @@ The context has `n_seq_max = N` sequences ("slots"). Each `step()`:
    of pending prompts (chunked prefill: while anyone is generating a slice is at most
    `n_ubatch` tokens, so a long new prompt does not stall the others), decodes it once;
 4. samples each sequence that has fresh logits with its own sampler (its own parameters,
-   seed and penalty history) and hands the token's text to its request.
+   seed and penalty history; with a response_format, its own grammar: `guide`) and hands
+   the token's text to its request.
 
 Requests join between steps (`admit`) and leave when they finish, freeing their slot. A slot
 keeps the KV of its last conversation after it frees (the prefix cache, per sequence): a new
@@ -95,6 +96,7 @@ class _Slot:
         self.cached = n_tokens(self.kv.units)
         self.evaluated = n_tokens(req.prompt.units[skip:])
         self.sampler = None                    # made when the prompt is in
+        self.guide = None                      # likewise, for a constrained answer
         self.stream = TextStream(req.params.stop)
         self.n_out, self.budget = 0, 0
         self.pending: tuple[int, bytes] | None = None   # sampled, to decode next step
@@ -282,7 +284,11 @@ class Batcher:
                 slot.kv.append(token, 1)
                 slot.cursor += 1
                 if extra:   # the prompt's last token: the answer starts here
-                    self._prompt_done(slot)
+                    try:
+                        self._prompt_done(slot)
+                    except APIError as exc:   # a grammar this model's tokens cannot follow
+                        self._fail(slot, exc)
+                        continue
                     sample.append((slot, i))
         for slot, index in sample:
             if slot.req is not None:
@@ -291,6 +297,9 @@ class Batcher:
     def _prompt_done(self, slot: _Slot) -> None:
         slot.t1 = time.monotonic()
         slot.sampler = self.engine.new_sampler(slot.req.params)
+        if slot.req.params.constraint is not None:
+            slot.guide = self.engine.guides.new(slot.req.params.constraint,
+                                                after_thinking=slot.req.prompt.thinking)
         slot.budget = min(slot.req.prompt.max_new_tokens,
                           self.engine.n_ctx - n_tokens(slot.kv.units))
 
@@ -299,17 +308,19 @@ class Batcher:
             self._finish(slot, "length")
             return
         engine = self.engine
-        token = engine.sample(slot.sampler, index)
+        token = engine.sample(slot.sampler, index, slot.guide)
         if engine.ends_generation(token):
             self._finish(slot, "stop")
             return
         slot.n_out += 1
         self.generated.add()
         piece = engine.piece(token)
+        if slot.guide is not None:
+            slot.guide.accept(token, piece)
         text, hit = slot.stream.feed(piece)
         if text:
             slot.req.emit(Delta(text))
-        if hit:
+        if hit or (slot.guide is not None and slot.guide.complete):
             self._finish(slot, "stop")
         elif slot.n_out >= slot.budget:
             self._finish(slot, "length")
@@ -359,7 +370,7 @@ class Batcher:
         if slot.sampler is not None:
             slot.sampler.close()
             slot.sampler = None
-        slot.req, slot.pending = None, None
+        slot.req, slot.pending, slot.guide = None, None, None
         slot.last_used = time.monotonic()
 
     def _forget(self, slot: _Slot) -> None:

@@ -32,6 +32,7 @@ from llama_cpp import mtmd_cpp
 from ..library import gpu
 from . import llamalog
 from .batch import Batcher, Sequence
+from .guide import Guide, Guides, logits_row
 from .output import Delta, Finished
 from ..config import Settings, context_size
 from ..errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
@@ -84,6 +85,7 @@ class Engine(Protocol):
     model_id: str
     n_ctx: int
     info: dict
+    guides: Guides          # response_format grammars for this model's vocabulary
 
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt: ...
     def count_tokens(self, messages: tuple[Message, ...],
@@ -193,6 +195,7 @@ class LlamaEngine:
         self._embeddings = cachetools.LRUCache(
             maxsize=max(1, settings.image_cache_mb * 1024 * 1024), getsizeof=lambda a: a.nbytes)
         self._vocab = self._model.vocab
+        self.guides = Guides(self._vocab, self._model.n_vocab())   # response_format
         self._batch = internals.LlamaBatch(n_tokens=settings.n_batch, embd=0,
                                            n_seq_max=settings.parallel, verbose=False)
         self.batcher = Batcher(self, settings.parallel, unified=settings.kv_unified)
@@ -482,8 +485,12 @@ class LlamaEngine:
         s.add_dist(llama_cpp.LLAMA_DEFAULT_SEED if seed is None or seed < 0 else seed & 0xFFFFFFFF)
         return s
 
-    def sample(self, sampler: internals.LlamaSampler, index: int) -> int:
-        """The next token from the logits of the decoded item at `index`."""
+    def sample(self, sampler: internals.LlamaSampler, index: int,
+               guide: Guide | None = None) -> int:
+        """The next token from the logits of the decoded item at `index`; with a `guide`,
+        one its grammar allows."""
+        if guide is not None:
+            guide.restrict(logits_row(self._ctx.ctx, index))
         return sampler.sample(self._ctx, index)
 
     def ends_generation(self, token: int) -> bool:

@@ -13,7 +13,10 @@ from ..chat.protocol import ChatRequest, ImagePart, Message, SamplingParams, Tex
 
 def warm_up(engine: Engine) -> None:
     """One text and one small image request through the real path, so the first user
-    request does not pay for lazy allocations and kernel selection."""
+    request does not pay for lazy allocations and kernel selection; and the vocabulary as
+    the response_format grammars see it (about a second for a large one), for the same
+    reason."""
+    engine.guides.tokenizer()
     image = _warmup_image()
     for parts in ((TextPart("Hello"),), (ImagePart("warmup"), TextPart("Describe."))):
         request = ChatRequest(messages=(Message("user", parts),),
