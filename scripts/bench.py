@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark vlserve against raw llama-cpp-python and llama.cpp's server (docs/benchmarks.md).
 
-The benchmark is part of the package (vlserve/bench.py, also `vlserve bench`); this is its
+The benchmark is part of the package (vlserve/bench/, also `vlserve bench`); this is its
 command in a checkout:
 
     .venv/bin/python scripts/bench.py [--scenario decode|turns|gateway|parallel|all] [--help]

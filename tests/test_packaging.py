@@ -88,7 +88,7 @@ def test_the_wheel_carries_the_page_the_demo_generator_and_the_benchmark(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     page = {f"vlserve/webui/{p.relative_to(PAGE)}" for p in PAGE.rglob("*") if p.is_file()}
     assert page and page <= names, sorted(page - names)
-    assert {"vlserve/library/tinymodel.py", "vlserve/bench.py", "vlserve/__main__.py",
+    assert {"vlserve/library/tinymodel.py", "vlserve/bench/__init__.py", "vlserve/__main__.py",
             "vlserve/library/catalog.toml"} <= names
 
 

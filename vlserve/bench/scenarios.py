@@ -1,116 +1,23 @@
-"""Measure vlserve through its HTTP API against raw llama-cpp-python, in one run.
-
-    vlserve bench                                   # generates the bench preset (Q4_0)
-    vlserve bench --model M.gguf --mmproj P.gguf --threads 8
-    vlserve bench --scenario turns --llama-server /path/to/llama-server
-
-(`python scripts/bench.py …` in a checkout is the same command.)
-
-Two scenarios (`--scenario decode|turns|all`, default all):
-
-decode  starts the real server (gunicorn) on a free loopback port, streams requests through
-        `/v1/chat/completions` and records time to first token and decode tokens/s; then,
-        with the server stopped so both get the same cores, it decodes the same prompt with
-        the raw llama-cpp-python bindings in-process.
-turns   a 4-turn conversation about one photo (turn 1: image + question; turns 2-4: a new
-        question each, the earlier turns and the answers as streamed carried along), run
-        against vlserve and, one after the other, against llama.cpp's `llama-server` and
-        llama-cpp-python's server (`--peers`). Only one server runs at a time.
-
-Results print as Markdown tables and JSON.
-"""
+"""The scenarios: decode through the API against raw llama-cpp-python, follow-up turns
+about one photo, the gateway's cost, and parallel streams."""
 
 from __future__ import annotations
 
-import argparse
-import base64
-import contextlib
-import importlib.util
-import io
 import json
-import os
-import platform
-import shlex
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import requests
-from PIL import Image
 
-from .library.tinymodel import make_model
+from .common import (LOG_DIR, PEERS, SERVE, free_port, launch, peer_missing, photo_url,
+                     start_llama_server, start_server, stop, stream_chat, user_message)
 
-SERVE = [sys.executable, "-m", "vlserve", "serve"]   # this vlserve, checkout or installed
 
 PROMPT = ("You are looking at a busy workshop. Describe, step by step and in detail, how a "
           "careful technician would inspect a machine for wear, which parts they would check "
           "first, what tools they would use and how they would record what they found. ") * 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def photo_url(width=1024, height=768, shade: int = 0) -> str:
-    """A synthetic photo-like JPEG (gradients and shapes), the size the server keeps;
-    another `shade` gives other pixels (an image no cache has seen)."""
-    img = Image.radial_gradient("L").resize((width, height)).convert("RGB")
-    x, y = width // 4 + 8 * shade, height // 4   # moved, not recoloured: JPEG keeps it apart
-    img.paste((180, 90, 40), (x, y, x + width // 4, y + height // 4))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=92)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-# ---- through the API --------------------------------------------------------------------
-
-LOG_DIR = Path(tempfile.gettempdir()) / "vlserve-bench-logs"
-
-
-def launch(name: str, cmd: list[str], ready_url: str) -> subprocess.Popen:
-    """Start a server with its output in LOG_DIR/<name>.log; return once ready_url answers 200."""
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"{name}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-    end = time.monotonic() + 900
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-4000:]
-            raise SystemExit(f"{name} exited ({' '.join(cmd)}):\n{tail}")
-        with contextlib.suppress(requests.RequestException):   # not listening yet
-            if requests.get(ready_url, timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.5)
-    stop(proc)
-    raise SystemExit(f"{name} did not become ready; log: {log_path}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def start_server(args, port: int, parallel: int = 1) -> subprocess.Popen:
-    """vlserve; one sequence unless asked (the single-user scenarios compare one slot)."""
-    cmd = [*SERVE, "--model", args.model, "--mmproj", args.mmproj, "--port", str(port),
-           "--threads", str(args.threads),
-           "--ctx-size", str(args.ctx), "--log-level", "warning", "--parallel", str(parallel),
-           "--queue-size", "16", "--kv-unified" if args.kv_unified else "--no-kv-unified"]
-    if not args.repack:
-        cmd.append("--no-repack")
-    return launch("vlserve", cmd, f"http://127.0.0.1:{port}/health")
 
 
 def cold_prompt(run: int) -> str:
@@ -137,13 +44,11 @@ def bench_api(args) -> dict:
             "image_encode_ms": (image["timings"] or {}).get("image_encode_ms")}
 
 
-# ---- raw llama-cpp-python, same model, same threads ------------------------------------------
-
 def bench_raw(args) -> dict:
     import llama_cpp
     from llama_cpp import _internals as internals
 
-    from .engine import llamalog
+    from ..engine import llamalog
     llamalog.install()
     mp = llama_cpp.llama_model_default_params()
     mp.use_extra_bufts = args.repack
@@ -178,8 +83,6 @@ def bench_raw(args) -> dict:
             "prompt_tokens": len(tokens)}
 
 
-# ---- follow-up turns, against any OpenAI-compatible server -----------------------------------
-
 # About 100 tokens each with the chat template around it (bench preset tokenizer).
 QUESTIONS = [
     ("Look at the photo carefully. Where is the brightest part of the picture, and how does the "
@@ -191,39 +94,6 @@ QUESTIONS = [
     ("Finally, suggest a short title for the photo and one line of alt text that mentions the "
      "colours, the gradient and the rectangle."),
 ]
-
-
-def stream_chat(base_url: str, messages: list, max_tokens: int) -> dict:
-    """One streamed chat completion: time to first content, total time, the text as streamed,
-    and whatever usage / timings the server reports (vlserve and llama-server send timings)."""
-    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
-    t0 = time.monotonic()
-    first = last = None
-    parts, usage, timings = [], None, None
-    with requests.post(f"{base_url}/v1/chat/completions", json=body, stream=True, timeout=3600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: {"):
-                continue
-            event = json.loads(line[6:])
-            for choice in event.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content")
-                if piece:
-                    last = time.monotonic()
-                    first = first or last
-                    parts.append(piece)
-            usage = event.get("usage") or usage
-            timings = event.get("timings") or timings
-    end = time.monotonic()
-    # one chunk per token on these servers: the decode rate between the first and last
-    decode = (len(parts) - 1) / (last - first) if len(parts) > 1 and last > first else 0.0
-    return {"ttft_s": (first or end) - t0, "total_s": end - t0, "decode_tok_s": decode,
-            "text": "".join(parts), "usage": usage, "timings": timings}
-
-
-def user_message(content) -> dict:
-    return {"role": "user", "content": content}
 
 
 def turns_scenario(base_url: str, max_tokens: int = 32) -> list[dict]:
@@ -240,29 +110,6 @@ def turns_scenario(base_url: str, max_tokens: int = 32) -> list[dict]:
         print(f"  turn {i + 1}: first token {result['ttft_s']:.2f} s, total {result['total_s']:.2f} s, "
               f"usage {result['usage']}, timings {result['timings']}", file=sys.stderr)
     return results
-
-
-def start_llama_server(args, port: int, parallel: int = 1) -> subprocess.Popen:
-    """llama.cpp's own server: `parallel` slots each with the whole context (like vlserve's
-    sequences), same threads."""
-    cmd = [args.llama_server, "--model", args.model, "--mmproj", args.mmproj,
-           "--host", "127.0.0.1", "--port", str(port), "--threads", str(args.threads),
-           "--threads-batch", str(args.threads), "--ctx-size", str(args.ctx * parallel),
-           "--parallel", str(parallel), "-kvu" if args.kv_unified else "-no-kvu"]
-    if not args.repack:
-        cmd.append("--no-repack")
-    cmd += shlex.split(args.llama_server_args)
-    return launch("llama-server", cmd, f"http://127.0.0.1:{port}/health")
-
-
-def start_llama_cpp_python(args, port: int) -> subprocess.Popen:
-    """llama-cpp-python's server with its generic multimodal handler (MTMDChatHandler).
-    It has no switch for CPU weight repacking: it always repacks."""
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", args.model,
-           "--clip_model_path", args.mmproj, "--chat_format", "mtmd",
-           "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
-           "--n_threads_batch", str(args.threads), "--n_ctx", str(args.ctx)]
-    return launch("llama-cpp-python", cmd, f"http://127.0.0.1:{port}/v1/models")
 
 
 def bench_gateway(args) -> dict:
@@ -428,23 +275,6 @@ def bench_parallel(args) -> dict:
     return out
 
 
-PEERS = {"vlserve": start_server, "llama-server": start_llama_server,
-         "llama-cpp-python": start_llama_cpp_python}
-
-
-def peer_missing(name: str, args) -> str | None:
-    """Why a peer cannot run here, or None."""
-    if name == "llama-server" and not (args.llama_server and os.access(args.llama_server, os.X_OK)):
-        return "no llama-server binary (pass --llama-server PATH)"
-    if name == "llama-cpp-python":
-        missing = [m for m in ("fastapi", "uvicorn", "sse_starlette", "pydantic_settings",
-                               "starlette_context") if importlib.util.find_spec(m) is None]
-        if missing:
-            return (f"llama-cpp-python's server extras missing ({', '.join(missing)}): pip install "
-                    "fastapi uvicorn sse-starlette pydantic-settings starlette-context")
-    return None
-
-
 def bench_turns(args) -> dict:
     """Run the conversation against each peer in turn; one server up at a time."""
     results = {}
@@ -493,8 +323,6 @@ def compact(timings: dict | None) -> str:
                      for k, v in (timings or {}).items())
 
 
-# ---- the decode comparison -----------------------------------------------------------------------
-
 def print_decode(args, api: dict, raw: dict) -> dict:
     result = {"api": api, "raw": raw, "ratio_decode": api["decode_tok_s"] / raw["decode_tok_s"],
               "ratio_ttft": api["ttft_s"] / raw["ttft_s"]}
@@ -504,76 +332,3 @@ def print_decode(args, api: dict, raw: dict) -> dict:
     print(f"| decode | {api['decode_tok_s']:.2f} tok/s | {raw['decode_tok_s']:.2f} tok/s | {result['ratio_decode']:.2f} |")
     print(f"| 1024x768 photo: first token | {api['image_ttft_s']:.2f} s (encode {api['image_encode_ms']} ms) | | |")
     return result
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):   # Linux names the CPU model
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), cpu)
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="vlserve bench", description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model")
-    ap.add_argument("--mmproj")
-    ap.add_argument("--quant", default="q4_0", choices=["q4_0", "q8_0", "f16", "f32"],
-                    help="quant of the generated bench preset (when --model is not given)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--ctx", type=int, default=4096)
-    ap.add_argument("--scenario", default="all",
-                    choices=["decode", "turns", "gateway", "parallel", "all"])
-    ap.add_argument("--tokens", type=int, default=64, help="decode: tokens to generate per run")
-    ap.add_argument("--runs", type=int, default=3, help="decode: runs (median reported)")
-    ap.add_argument("--turn-tokens", type=int, default=32, help="turns: max_tokens per turn")
-    ap.add_argument("--peers", default="vlserve,llama-server,llama-cpp-python",
-                    help="turns: comma-separated, from " + ", ".join(PEERS))
-    ap.add_argument("--llama-server", help="turns: path to llama.cpp's llama-server binary")
-    ap.add_argument("--llama-server-args", default="",
-                    help="turns: extra llama-server arguments, e.g. '--flash-attn off'")
-    ap.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=True,
-                    help="parallel: one KV buffer for all sequences (vlserve and llama-server)")
-    ap.add_argument("--repack", action="store_true",
-                    help="allow CPU weight repacking (crashes quantized models on some virtual CPUs);\n"
-                         "applies to vlserve and llama-server; llama-cpp-python always repacks")
-    args = ap.parse_args(argv)
-    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = set(args.peers) - set(PEERS)
-    if unknown:
-        ap.error(f"unknown peers: {', '.join(sorted(unknown))}")
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    tmp = None
-    if not args.model:
-        tmp = tempfile.TemporaryDirectory(prefix="vlserve-bench-")
-        t0 = time.monotonic()
-        model, mmproj = make_model(Path(tmp.name), preset="bench", quant=args.quant)
-        print(f"generated bench preset ({args.quant}) in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-        args.model, args.mmproj = str(model), str(mmproj)
-    try:
-        result = {"machine": machine(), "model": Path(args.model).name, "threads": args.threads,
-                  "ctx": args.ctx, "repack": args.repack}
-        print(f"\n{result['machine']}\nmodel {result['model']}, {args.threads} threads")
-        if args.scenario in ("decode", "all"):
-            result |= {"tokens": args.tokens, "runs": args.runs}
-            result["decode"] = print_decode(args, bench_api(args), bench_raw(args))
-        if args.scenario in ("turns", "all"):
-            result["turns"] = bench_turns(args)
-            print_turns(result["turns"])
-        if args.scenario in ("gateway", "all"):
-            result["gateway"] = bench_gateway(args)
-        if args.scenario in ("parallel", "all"):
-            result["parallel"] = bench_parallel(args)
-        print("\n" + json.dumps(result, indent=2))
-    finally:
-        if tmp:
-            tmp.cleanup()
-
-
-if __name__ == "__main__":
-    main()
