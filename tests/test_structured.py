@@ -23,6 +23,7 @@ import requests
 
 from conftest import LiveServer, data_url, user
 from vlserve.chat.protocol import parse_chat_request
+from vlserve.errors import InternalError
 from vlserve.library.tinymodel import make_model
 
 CHAT = "/v1/chat/completions"
@@ -219,6 +220,8 @@ def test_openai_sdk_parse_with_a_pydantic_model(server):
                 {"type": "text", "text": "Read the meter."}]}])
         parsed = done.choices[0].message.parsed
         assert isinstance(parsed, Reading) and done.choices[0].finish_reason == "stop"
+    # the log line says a grammar held the answer and its size, never the schema
+    assert "constrained=1 grammar_bytes=" in server.log() and "Reading" not in server.log()
 
 
 def test_langchain_with_structured_output_json_schema(server):
@@ -260,6 +263,16 @@ def test_a_thinking_model_reasons_freely_and_may_not_stop_before_its_answer(engi
         assert not guide.complete
         guide.accept(token, engine.piece(token))
     assert guide.complete
+
+
+def test_a_token_outside_the_grammar_fails_the_answer_instead_of_going_on_unchecked(engine):
+    constraint = parse_chat_request({"messages": [user("x")],
+                                     "response_format": {"type": "json_object"}},
+                                    max_tokens_cap=100).params.constraint
+    guide = engine.guides.new(constraint, after_thinking=False)
+    [token] = engine.guides.tokenizer().tokenize_bytes(b"x")   # an object starts with {
+    with pytest.raises(InternalError, match="left its response_format"):
+        guide.accept(token, b"x")
 
 
 def test_a_thinking_models_constrained_answer_through_the_server(tmp_path):

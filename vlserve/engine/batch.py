@@ -316,7 +316,11 @@ class Batcher:
         self.generated.add()
         piece = engine.piece(token)
         if slot.guide is not None:
-            slot.guide.accept(token, piece)
+            try:
+                slot.guide.accept(token, piece)
+            except APIError as exc:
+                self._fail(slot, exc)
+                return
         text, hit = slot.stream.feed(piece)
         if text:
             slot.req.emit(Delta(text))

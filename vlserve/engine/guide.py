@@ -21,7 +21,7 @@ import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from ..chat.constraint import Constraint
-from ..errors import InvalidRequestError
+from ..errors import InternalError, InvalidRequestError
 
 THINK_END = b"</think>"
 
@@ -58,12 +58,15 @@ class Guide:
 
     def accept(self, token: int, piece: bytes) -> None:
         """The sampled token: consumed by the grammar (or, while waiting, watched for the
-        end of the reasoning)."""
+        end of the reasoning). A token the grammar refuses cannot have been sampled from its
+        mask: if it ever is, the answer fails rather than go on unchecked."""
         if self.waiting:
             self._tail = (self._tail + piece)[-len(THINK_END):]
             self.waiting = self._tail != THINK_END
             return
-        self.matcher.consume_token(token)
+        if not self.matcher.consume_token(token):
+            raise InternalError(f"the answer left its response_format: "
+                                f"{self.matcher.get_error()}")
 
     @property
     def complete(self) -> bool:

@@ -21,6 +21,8 @@ def chat_completions():
     settings, worker = state.get()["settings"], state.worker()
     body = json_body()
     req = parse_chat_request(body, max_tokens_cap=settings.max_tokens_cap or 10**7)
+    if req.params.constraint is not None:   # its size, never the schema (client content)
+        g.log.update(constrained=1, grammar_bytes=len(req.params.constraint.grammar))
     upstream_model = _upstream_model(req.model, settings)
     if upstream_model is not None:
         images = _request_images(req, settings)
