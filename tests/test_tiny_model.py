@@ -6,6 +6,7 @@ Loading and running it in llama.cpp is covered by the engine tests; these only r
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -90,3 +91,23 @@ def test_chat_template_renders_images_and_text(tiny):
         "<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+REAL_TEMPLATE = Path(__file__).parent / "fixtures" / "qwen3vl-8b-instruct.jinja"
+REAL_TEMPLATE_SHA256 = "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
+
+
+def test_the_real_template_fixture_is_the_shipped_one_byte_for_byte():
+    assert sha256(REAL_TEMPLATE) == REAL_TEMPLATE_SHA256 and REAL_TEMPLATE.stat().st_size == 5292
+
+
+def test_a_given_template_is_embedded_with_the_tool_tokens(tmp_path):
+    """A model carrying Qwen3-VL-8B-Instruct's own template, whose tool-call markup is one
+    token each, as in the real vocabulary."""
+    source = REAL_TEMPLATE.read_text()
+    model, _ = make_model(tmp_path, template=source, name="qwen3vl-real-template")
+    text = gguf.GGUFReader(model)
+    assert field(text, "tokenizer.chat_template") == source
+    tokens = field(text, "tokenizer.ggml.tokens")
+    for markup in ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"):
+        assert tokens.count(markup) == 1

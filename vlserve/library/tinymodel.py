@@ -43,7 +43,7 @@ FILE_TYPES = {
 F32 = gguf.GGMLQuantizationType.F32
 # Raised whenever a change here changes the files written: the demo model's file names carry
 # it, so an older demo model on disk is not taken for the current one (it is made again).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2   # 2: the tool-call tokens
 DEMO_NAME = f"vlserve-demo-g{GENERATOR_VERSION}"
 
 
@@ -133,6 +133,10 @@ SPECIAL_TOKENS = [
     ("<|video_pad|>", CONTROL),
     ("<think>", USER_DEFINED),
     ("</think>", USER_DEFINED),
+    ("<tool_call>", USER_DEFINED),
+    ("</tool_call>", USER_DEFINED),
+    ("<tool_response>", USER_DEFINED),
+    ("</tool_response>", USER_DEFINED),
 ]
 
 # ChatML as Qwen3-VL renders it: string content as text, content lists part by part with
@@ -214,7 +218,8 @@ def build_vocab(n_vocab: int | None) -> Vocab:
     return Vocab(tokens, [int(t) for t in types], merges, np.array(printable))
 
 
-def add_tokenizer(w: gguf.GGUFWriter, vocab: Vocab, thinking: bool = False) -> None:
+def add_tokenizer(w: gguf.GGUFWriter, vocab: Vocab, thinking: bool = False,
+                  template: str | None = None) -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(vocab.tokens)
@@ -226,7 +231,7 @@ def add_tokenizer(w: gguf.GGUFWriter, vocab: Vocab, thinking: bool = False) -> N
     w.add_eot_token_id(vocab.id("<|im_end|>"))
     w.add_pad_token_id(vocab.id("<|endoftext|>"))
     w.add_add_bos_token(False)
-    w.add_chat_template(THINKING_TEMPLATE if thinking else CHAT_TEMPLATE)
+    w.add_chat_template(template or (THINKING_TEMPLATE if thinking else CHAT_TEMPLATE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +377,7 @@ def text_tensors(d: TextDims, vocab: Vocab, qtype: gguf.GGMLQuantizationType) ->
 
 
 def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, seed: int,
-                     thinking: bool = False) -> None:
+                     thinking: bool = False, template: str | None = None) -> None:
     vocab = build_vocab(d.n_vocab)
     w = gguf.GGUFWriter(None, "qwen3vl")
     w.add_type(gguf.GGUFType.MODEL)
@@ -392,7 +397,7 @@ def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, se
     w.add_num_deepstack_layers(len(vision.deepstack_layers))
     w.add_file_type(FILE_TYPES[quant])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tokenizer(w, vocab, thinking)
+    add_tokenizer(w, vocab, thinking, template)
     write_gguf(path, w, text_tensors(d, vocab, QUANT_TYPES[quant]), [seed, 0])
 
 
@@ -475,11 +480,12 @@ def write_mmproj(path: Path, v: VisionDims, n_out: int, quant: str, seed: int) -
 
 def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | None = None,
                seed: int = 0, thinking: bool = False, *, name: str | None = None,
-               keep_existing: bool = False) -> tuple[Path, Path]:
+               keep_existing: bool = False, template: str | None = None) -> tuple[Path, Path]:
     """Write `<out_dir>/<name>-<quant>.gguf` and `mmproj-<name>-<quant>.gguf`; return both
     paths. `name` defaults to `qwen3vl-<preset>[-thinking]`. `thinking` gives it a Thinking
-    model's template (the prompt opens `<think>`). `keep_existing`: a file already there is
-    left as it is (its name must then say which generator wrote it)."""
+    model's template (the prompt opens `<think>`); `template` embeds another chat template
+    (a real model's, e.g. tests/fixtures/qwen3vl-8b-instruct.jinja). `keep_existing`: a file
+    already there is left as it is (its name must then say which generator wrote it)."""
     spec = PRESETS[preset]
     quant = quant or spec.quant
     # llama.cpp adds deepstack features after each of the first n layers, and fails an assert
@@ -491,7 +497,7 @@ def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | No
     model = out / f"{name}-{quant}.gguf"
     mmproj = out / f"mmproj-{name}-{mmproj_quant(quant)}.gguf"
     if not (keep_existing and model.is_file()):
-        write_text_model(model, spec.text, spec.vision, quant, seed, thinking)
+        write_text_model(model, spec.text, spec.vision, quant, seed, thinking, template)
     if not (keep_existing and mmproj.is_file()):
         write_mmproj(mmproj, spec.vision, spec.text.n_embd, mmproj_quant(quant), seed)
     return model, mmproj
@@ -511,8 +517,12 @@ def main() -> None:
                     help="text weight type (default: f32 for tiny, q4_0 for bench)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--thinking", action="store_true", help="a Thinking model's chat template")
+    ap.add_argument("--template", type=Path, help="embed this chat template (a Jinja file)")
+    ap.add_argument("--name", help="file name stem (default: qwen3vl-<preset>[-thinking])")
     args = ap.parse_args()
-    for path in make_model(args.out_dir, args.preset, args.quant, args.seed, args.thinking):
+    template = args.template.read_text() if args.template else None
+    for path in make_model(args.out_dir, args.preset, args.quant, args.seed, args.thinking,
+                           name=args.name, template=template):
         print(path)
 
 
