@@ -149,6 +149,11 @@ def _context_params(s: Settings, n_ctx_train: int) -> llama_cpp.llama_context_pa
     return params
 
 
+def _free_all(lists: list) -> None:
+    for chunks in lists:
+        mtmd_cpp.mtmd_input_chunks_free(chunks)
+
+
 class LlamaEngine:
     def __init__(self, settings: Settings, progress: Callable[[float], None] | None = None):
         self.settings = settings
@@ -206,6 +211,10 @@ class LlamaEngine:
         self._template = ChatTemplate(self._meta.get("tokenizer.chat_template"),
                                       bos_token=self._special_text(self._model.token_bos()),
                                       eos_token=self._special_text(self._model.token_eos()))
+        # The text of every control token: in a message's text it stays text (template.py)
+        self._controls = [self.piece(t, special=True).decode(errors="replace")
+                          for t in range(self._model.n_vocab())
+                          if self._model.token_get_attr(t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL]
         # Thinking models' templates open <think> in the generation prompt: their output
         # starts inside the reasoning block (see reasoning.py).
         probe = (Message("user", (TextPart("Hi"),)),)
@@ -279,8 +288,9 @@ class LlamaEngine:
         return buf.raw[:n]
 
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt:
-        text = self._template.render(request.messages, self._marker)
-        prompt = self._to_prompt(self._tokenize(text, images))
+        segments = self._template.render_segments(request.messages, self._marker,
+                                                  self._controls)
+        prompt = self._to_prompt(self._tokenize_segments(segments, images))
         prompt.thinking = self.opens_thinking
         try:
             prompt.max_new_tokens = self._budget(prompt.n_tokens, request.params.max_tokens)
@@ -293,9 +303,11 @@ class LlamaEngine:
                      images: Mapping[ImagePart, PreparedImage]) -> int:
         """The prompt's size without encoding anything: the text tokenized around the image
         markers, plus each image's token count (computed once per image)."""
-        text = self._template.render(messages, self._marker)
-        n = len(self._model.tokenize(text.replace(self._marker, "").encode(),
-                                     add_bos=self._model.add_bos_token(), special=True))
+        segments = self._template.render_segments(messages, self._marker, self._controls)
+        n = sum(len(self._model.tokenize(text.replace(self._marker, "").encode(),
+                                         add_bos=i == 0 and self._model.add_bos_token(),
+                                         special=markup))
+                for i, (text, markup) in enumerate(segments))
         return n + sum(self._image_cost(images[p]) for m in messages for p in m.parts
                        if isinstance(p, ImagePart))
 
@@ -311,7 +323,24 @@ class LlamaEngine:
                 self._image_costs[image.sha256] = cost
         return cost
 
-    def _tokenize(self, text: str, images: list[PreparedImage]):
+    def _tokenize_segments(self, segments: list[tuple[str, bool]],
+                           images: list[PreparedImage]) -> list:
+        """mtmd chunks for each (text, is_markup) segment, in order: control tokens are
+        parsed in markup only; each segment gets the images whose markers it holds."""
+        out, first = [], 0
+        try:
+            for i, (text, markup) in enumerate(segments):
+                n = text.count(self._marker)
+                out.append(self._tokenize(text, images[first:first + n], add_special=i == 0,
+                                          parse_special=markup))
+                first += n
+        except BaseException:
+            _free_all(out)
+            raise
+        return out
+
+    def _tokenize(self, text: str, images: list[PreparedImage], *, add_special: bool = True,
+                  parse_special: bool = True):
         bitmaps = []
         for im in images:
             bm = mtmd_cpp.mtmd_bitmap_init(im.width, im.height,
@@ -321,8 +350,8 @@ class LlamaEngine:
         chunks = mtmd_cpp.mtmd_input_chunks_init()
         try:
             data = text.encode()
-            inp = mtmd_cpp.mtmd_input_text(text=data, text_len=len(data), add_special=True,
-                                           parse_special=True)
+            inp = mtmd_cpp.mtmd_input_text(text=data, text_len=len(data), add_special=add_special,
+                                           parse_special=parse_special)
             array = (mtmd_cpp.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
             rc = mtmd_cpp.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(inp), array, len(bitmaps))
         finally:
@@ -335,11 +364,14 @@ class LlamaEngine:
             raise ImageError(f"the vision encoder could not preprocess an image (code {rc})")
         return chunks
 
-    def _to_prompt(self, chunks) -> Prompt:
-        """Flatten mtmd chunks into units: token ids, and images keyed by content hash."""
+    def _to_prompt(self, lists: list) -> Prompt:
+        """Flatten lists of mtmd chunks into units: token ids, and images keyed by content
+        hash. The Prompt owns the lists from here."""
         units: list[Unit] = []
         images: dict[int, object] = {}
-        for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
+        chunks_in = ((chunks, i) for chunks in lists
+                     for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)))
+        for chunks, i in chunks_in:
             chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
             if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n = ctypes.c_size_t(0)
@@ -352,10 +384,10 @@ class LlamaEngine:
                     n_tokens=mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk),
                     n_pos=mtmd_cpp.mtmd_input_chunk_get_n_pos(chunk)))
         if not units or isinstance(units[-1], ImageUnit):
-            mtmd_cpp.mtmd_input_chunks_free(chunks)
+            _free_all(lists)
             raise InvalidRequestError("the prompt must end with text after its last image")
         return Prompt(units=units, images=images, n_tokens=n_tokens(units), max_new_tokens=0,
-                      _chunks=chunks, _free=mtmd_cpp.mtmd_input_chunks_free)
+                      _chunks=lists, _free=_free_all)
 
     def _budget(self, n_prompt: int, max_tokens: int | None) -> int:
         """How many tokens may be generated; refuse prompts that cannot fit, with numbers."""
