@@ -17,6 +17,7 @@ from .options import option
 from .chat.remote import RemotePolicy
 from .gateway.upstream import UpstreamSpecError, parse_specs
 from .library.places import demo_dir
+
 DEMO_WARNING = ("DEMO MODEL: serving a generated tiny Qwen3-VL with RANDOM WEIGHTS — its "
                 "answers are gibberish. Run without --demo (or with --model 8b, a GGUF path…) "
                 "to serve a real model.")
