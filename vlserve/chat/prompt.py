@@ -40,26 +40,27 @@ class Preparation:
         self.image_tokens = 0
 
     def __call__(self, engine: PromptModel):
-        _, prompt, self.fit = prepare(self.req, engine, self.images)
+        prompt, self.fit = prepare(self.req, engine, self.images)
         self.image_tokens = prompt.image_tokens
         return prompt
 
 
-def prepare(req: ChatRequest, engine: PromptModel, images) -> tuple[ChatRequest, Any, Fit | None]:
-    """Old reasoning out, then tokenize. Only a conversation that leaves too little room
-    for the answer is fitted (and tokenized again): the common case tokenizes once."""
+def prepare(req: ChatRequest, engine: PromptModel, images) -> tuple[Any, Fit | None]:
+    """(the prompt, what was fitted away or None). Old reasoning out, then tokenize. Only a
+    conversation that leaves too little room for the answer is fitted (and tokenized
+    again): the common case tokenizes once."""
     req = dataclasses.replace(req, messages=strip_thinking(req.messages))
     reserve = req.params.max_tokens or min(DEFAULT_RESERVE, engine.n_ctx // 4)
     try:
         prompt = engine.prepare(req, [images[p] for p in req.image_parts])
         if prompt.n_tokens + reserve <= engine.n_ctx:
-            return req, prompt, None
+            return prompt, None
         prompt.close()
     except ContextLengthError:
         pass  # too long even for its max_tokens: fitting decides what goes, or refuses
     fit = fit_to_context(req, engine, images, reserve)
     req = dataclasses.replace(req, messages=fit.messages)
-    return req, engine.prepare(req, [images[p] for p in req.image_parts]), fit
+    return engine.prepare(req, [images[p] for p in req.image_parts]), fit
 
 
 def fit_to_context(req: ChatRequest, engine: PromptModel, images, reserve: int) -> Fit:

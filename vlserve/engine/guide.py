@@ -39,8 +39,7 @@ class Guide:
                                       f"model: {self.matcher.get_error()}",
                                       param="response_format")
         self.n_vocab = n_vocab
-        self.words = (n_vocab + 31) // 32
-        self.mask = np.zeros(self.words, dtype=np.int32)
+        self.mask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)   # a bit per token
         self.waiting = after_thinking
         self.enders = enders
         self._tail = b""
@@ -72,11 +71,6 @@ class Guide:
     def complete(self) -> bool:
         """The grammar is satisfied and allows nothing more: the answer is done."""
         return not self.waiting and self.matcher.is_stopped() and not self.matcher.is_error()
-
-    @property
-    def allows_end(self) -> bool:
-        """Whether ending here leaves a complete answer (the grammar accepts)."""
-        return not self.waiting and self.matcher.is_accepting()
 
 
 class Guides:
