@@ -33,9 +33,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .library import places
 from .options import option
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = places.ROOT   # the folder holding the package: a checkout, or site-packages
 FORMAT = 1
 # The files a bundle starts with, in this order (start.sh reads a .tar.gz's head without
 # decompressing the models).
@@ -116,9 +117,9 @@ def collect_wheels(dest: Path, wheels_from: Path | None) -> None:
 def copy_source(dest: Path) -> Path:
     """The project without venvs, models, caches or build outputs: the vlserve wheel is built
     from this copy, so stale files in the checkout's build/ can never end up in it."""
-    if not (ROOT / "setup.cfg").is_file():
+    if places.checkout() is None:
         raise click.ClickException(f"vlserve bundle runs from a vlserve source checkout; "
-                                   f"{ROOT} has no setup.cfg")
+                                   f"{ROOT} is not one (no setup.cfg and server.py)")
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         skip = {n for n in names if any(fnmatch.fnmatch(n, p) for p in SOURCE_SKIP)}
