@@ -77,6 +77,19 @@ def tiny_model(tmp_path_factory) -> tuple[str, str]:
     return str(model), str(mmproj)
 
 
+QWEN_TEMPLATE = (Path(__file__).parent / "fixtures" / "qwen3vl-8b-instruct.jinja").read_text()
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory) -> tuple[str, str]:
+    """The tiny model with Qwen3-VL-8B-Instruct's own chat template (tests/fixtures), which
+    opens a tool call (`<tool_call>`) by itself now and then: without tools it writes one
+    with noise inside; with tools, the grammar holds it once opened."""
+    model, mmproj = make_model(tmp_path_factory.mktemp("real"), template=QWEN_TEMPLATE,
+                               name="qwen3vl-real-template", favour={"<tool_call>": 0.25})
+    return str(model), str(mmproj)
+
+
 @pytest.fixture(scope="session")
 def settings(tiny_model, tmp_path_factory) -> Settings:
     model, mmproj = tiny_model

@@ -294,6 +294,26 @@ def test_chat_stream_matches(api):
     assert "ttft_ms" in json.loads(events[-3]["data"])["timings"]
 
 
+TOOL = {"type": "function", "function": {"name": "count", "parameters": {
+    "type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["n"], "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_and_its_round_trip_match(api, stream):
+    """Calls (whole and as deltas), then a conversation with them and a tool result."""
+    body = {"messages": [user("Count.")], "tools": [TOOL], "tool_choice": "required",
+            "parallel_tool_calls": False, "max_tokens": 60, "temperature": 0}
+    response = chat(api, {**body, "stream": stream})
+    check_response("/v1/chat/completions", "POST", response, expect=200)
+    message = chat(api, body).get_json()["choices"][0]["message"]
+    assert message["content"] is None and message["tool_calls"]
+    follow = [*body["messages"], message, {"role": "tool", "content": "3",
+                                           "tool_call_id": message["tool_calls"][0]["id"]}]
+    response = chat(api, {"messages": follow, "tools": [TOOL], "max_tokens": 4})
+    check_response("/v1/chat/completions", "POST", response, expect=200)
+
+
 def test_chat_fitted_into_the_context_reports_what_was_dropped(api):
     """A history longer than the context: `context` in the body, X-Context-Dropped."""
     from conftest import N_CTX
@@ -313,7 +333,9 @@ def test_chat_fitted_into_the_context_reports_what_was_dropped(api):
     ({"messages": [user("hi")], "temperature": 5}, "temperature"),
     ({"messages": [user("hi")], "n": 2}, "n"),
     ({"messages": [user("hi")], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"messages": [user("hi")], "tools": [{"type": "function"}]}, "tools"),
+    ({"messages": [user("hi")], "tools": [{"type": "function"}]}, "tools[0].function"),
+    ({"messages": [user("hi")], "tools": [{"type": "function", "function": {"name": "a b"}}]},
+     "tools[0].function.name"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [user(("img", "data:image/png;base64,AAAA"))]}, "messages"),
     ({"messages": [user(("img", "https://example.com/cat.png"))]}, "messages"),

@@ -70,7 +70,8 @@ def test_max_completion_tokens_is_accepted():
     ({"messages": OK, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": OK, "stop": [""]}, "stop"),
     ({"messages": OK, "stream": "yes"}, "stream"),
-    ({"messages": OK, "tools": [{"type": "function"}]}, "tools"),
+    ({"messages": OK, "tools": [{"type": "function"}]}, "tools[0].function"),
+    ({"messages": OK, "functions": [{"name": "f"}]}, "functions"),
     ({"messages": OK, "model": 3}, "model"),
     # not hashable: a 400 naming the field, not a TypeError (500)
     ({"messages": [{"role": [], "content": "x"}]}, "messages[0].role"),

@@ -32,9 +32,14 @@ MAX_SCHEMA_BYTES = 256 * 1024
 @dataclass(frozen=True)
 class Constraint:
     """A compiled answer format: `grammar` is llguidance's (JSON text), `name` what the
-    client called it (for logs and errors)."""
-    grammar: str
+    client called it (for logs), `param` the request field it came from (for errors).
+    `start`: the grammar holds the answer from its first token (`now`), or from the moment
+    the model opens a tool call (`trigger`: tool_choice auto); `never`: there is no
+    grammar, and no tool call may open (tool_choice none)."""
+    grammar: str | None
     name: str
+    param: str = "response_format"
+    start: str = "now"
 
 
 def compile_schema(schema: Any, *, strict: bool, name: str, param: str) -> Constraint:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from .context import Fit, fit_messages, strip_thinking
 from .images import PreparedImage
 from .protocol import ChatRequest, ImagePart, Message
+from .tools import Tools
 from ..errors import ContextLengthError
 
 # Room kept for the answer when fitting a request that sets no max_tokens.
@@ -25,8 +26,8 @@ class PromptModel(Protocol):
         """The request rendered by the model's template and tokenized (a `Prompt`)."""
 
     def count_tokens(self, messages: tuple[Message, ...],
-                     images: dict[ImagePart, PreparedImage]) -> int:
-        """How many tokens these messages take once rendered."""
+                     images: dict[ImagePart, PreparedImage], tools: Tools | None = None) -> int:
+        """How many tokens these messages (and tools) take once rendered."""
 
 
 class Preparation:
@@ -68,7 +69,8 @@ def fit_to_context(req: ChatRequest, engine: PromptModel, images, reserve: int) 
     A last message that cannot fit is refused here, before any image is encoded."""
     try:
         return fit_messages(req.messages, budget=engine.n_ctx - reserve,
-                            count_tokens=lambda msgs: engine.count_tokens(msgs, images))
+                            count_tokens=lambda msgs: engine.count_tokens(msgs, images,
+                                                                         req.tools))
     except ContextLengthError as exc:
         raise ContextLengthError(
             f"{exc.message}: the context is {engine.n_ctx} tokens and {reserve} of them are "

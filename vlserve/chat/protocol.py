@@ -18,8 +18,10 @@ from typing import Any, Callable
 from .constraint import Constraint, ResponseFormat
 from .fields import (Choice, DefaultOnly, Flag, Number, Options, Text, Texts, bad, nullable,
                      object_schema, text)
+from .tools import ToolCall, Tools, parse_tools, tool_schemas, tools_constraint
 
-ROLES = {"system", "developer", "user", "assistant"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+IMAGE_ROLES = {"user", "tool"}   # a tool may return a screenshot
 DETAILS = {"low", "auto", "high"}
 MAX_STOP_STRINGS = 4
 # Where a Thinking model's reasoning goes: its own field (the names llama.cpp's server
@@ -27,7 +29,8 @@ MAX_STOP_STRINGS = 4
 REASONING_FORMATS = {"auto": "parsed", "deepseek": "parsed", "parsed": "parsed",
                      "none": "inline"}
 # Fields we do not implement: refusing them is more honest than silently ignoring them.
-UNSUPPORTED = {"tools": "tool calling", "functions": "function calling",
+UNSUPPORTED = {"functions": "function calling (the deprecated form: use tools)",
+               "function_call": "function calling (the deprecated form: use tool_choice)",
                "logprobs": "logprobs", "top_logprobs": "logprobs",
                "logit_bias": "logit_bias", "audio": "audio output"}
 
@@ -47,6 +50,8 @@ class ImagePart:
 class Message:
     role: str
     parts: tuple[TextPart | ImagePart, ...]
+    tool_calls: tuple[ToolCall, ...] = ()   # an assistant's calls
+    tool_call_id: str | None = None         # a tool message answers this call
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    constraint: Constraint | None = None   # response_format: the answer's grammar
+    constraint: Constraint | None = None   # response_format or tools: the answer's grammar
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     reasoning_inline: bool = False    # reasoning_format "none": <think>…</think> in content
+    tools: Tools | None = None
 
     @property
     def image_parts(self) -> list[ImagePart]:
@@ -153,18 +159,55 @@ def _parse_message(msg: Any, i: int) -> Message:
         raise bad(f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}",
                   f"{param}.role")
     role = "system" if role == "developer" else role
+    calls = _parse_tool_calls(msg.get("tool_calls"), f"{param}.tool_calls") \
+        if role == "assistant" else ()
+    call_id = None
+    if role == "tool":
+        call_id = msg.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise bad("a tool message needs the 'tool_call_id' of the call it answers",
+                      f"{param}.tool_call_id")
     content = msg.get("content")
     if content is None and role == "assistant":
-        return Message(role, ())
+        return Message(role, (), calls)
     if isinstance(content, str):
-        return Message(role, (TextPart(text(content, f"{param}.content")),))
+        return Message(role, (TextPart(text(content, f"{param}.content")),), calls, call_id)
     if not isinstance(content, list):
         raise bad("'content' must be a string or a list of content parts",
                   f"{param}.content")
     parts = tuple(_parse_part(p, f"{param}.content[{j}]") for j, p in enumerate(content))
-    if role != "user" and any(isinstance(p, ImagePart) for p in parts):
-        raise bad("images are only accepted in user messages", f"{param}.content")
-    return Message(role, parts)
+    if role not in IMAGE_ROLES and any(isinstance(p, ImagePart) for p in parts):
+        raise bad("images are only accepted in user and tool messages", f"{param}.content")
+    return Message(role, parts, calls, call_id)
+
+
+def _parse_tool_calls(calls: Any, param: str) -> tuple[ToolCall, ...]:
+    """An assistant message's earlier calls, as OpenAI writes them."""
+    if calls is None:
+        return ()
+    if not isinstance(calls, list):
+        raise bad("tool_calls must be a list", param)
+    out = []
+    for j, call in enumerate(calls):
+        where = f"{param}[{j}]"
+        if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+            raise bad("a tool call is {\"id\", \"type\": \"function\", \"function\": "
+                      "{\"name\", \"arguments\"}}", where)
+        if call.get("type", "function") != "function":
+            raise bad(f"tool call type must be 'function'; got {call.get('type')!r}",
+                      f"{where}.type")
+        if not isinstance(call.get("id"), str):
+            raise bad("a tool call needs a string 'id'", f"{where}.id")
+        function = call["function"]
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise bad("a tool call needs a function 'name'", f"{where}.function.name")
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            raise bad("a tool call's arguments must be a string of JSON",
+                      f"{where}.function.arguments")
+        out.append(ToolCall(call["id"], text(function["name"], f"{where}.function.name"),
+                            text(arguments, f"{where}.function.arguments")))
+    return tuple(out)
 
 
 def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
@@ -183,10 +226,16 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
     max_tokens = (MAX_COMPLETION_TOKENS if body.get("max_completion_tokens") is not None
                   else MAX_TOKENS)
     sampling = {f.name: f.read(body) for f in SAMPLING}
-    constraint = RESPONSE_FORMAT.read(body)
-    if constraint is not None and sampling["stop"]:
-        raise bad("stop strings cannot be combined with a JSON response_format: they could "
-                  "cut the JSON short", "stop")
+    constraint, tools = RESPONSE_FORMAT.read(body), parse_tools(body)
+    if tools is not None:
+        if constraint is None:
+            constraint = tools_constraint(tools)
+        elif tools.calls:   # (with none, the JSON grammar has no room for a call anyway)
+            raise bad("response_format cannot be combined with tools unless tool_choice is "
+                      "none", "response_format")
+    if constraint is not None and constraint.grammar is not None and sampling["stop"]:
+        raise bad("stop strings cannot be combined with a JSON response_format or tool "
+                  "calls: they could cut the JSON short", "stop")
     return ChatRequest(
         messages=parsed,
         params=SamplingParams(max_tokens=max_tokens.read(body, hi=max_tokens_cap),
@@ -195,6 +244,7 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
         stream=stream,
         include_usage=options["include_usage"],
         reasoning_inline=reasoning == "inline",
+        tools=tools,
     )
 
 
@@ -216,23 +266,29 @@ def request_schemas(ref: Callable[[str], dict]) -> dict:
     texts = {"type": "array", "items": ref("TextPart")}
     any_parts = {"type": "array", "items": {"oneOf": [ref("TextPart"), ref("ImagePart")]}}
 
-    def message(title: str, role: dict, content: list, required=None) -> dict:
-        return object_schema({"role": role, "content": {"oneOf": content}}, required,
+    def message(title: str, role: dict, content: list, required=None, **more) -> dict:
+        return object_schema({"role": role, "content": {"oneOf": content}, **more}, required,
                              title=title)
 
     chat_message = {
         "description": "One turn. `developer` is a synonym of `system`. Images are accepted "
-                       "in user messages only.",
+                       "in user and tool messages only.",
         "oneOf": [
-            message("System message", {"enum": sorted(ROLES - {"user", "assistant"})},
+            message("System message", {"enum": sorted(ROLES - {"user", "assistant", "tool"})},
                     [string, texts]),
             message("User message", {"const": "user"}, [string, any_parts]),
             message("Assistant message", {"const": "assistant"},
-                    [string, texts, {"type": "null"}], ["role"])]}
+                    [string, texts, {"type": "null"}], ["role"],
+                    tool_calls={"type": "array", "items": ref("ToolCall"),
+                                "description": "The calls this turn made."}),
+            message("Tool message", {"const": "tool"}, [string, any_parts],
+                    ["role", "content", "tool_call_id"],
+                    tool_call_id={"type": "string",
+                                  "description": "The id of the call this answers."})]}
     refused = ", ".join(f"`{k}`" for k in UNSUPPORTED)
     request = object_schema(
         {"messages": {"type": "array", "minItems": 1, "items": ref("ChatMessage")},
-         **{f.name: f.schema() for f in FIELDS}},
+         **{f.name: f.schema() for f in FIELDS}, **tool_schemas()},
         ["messages"],
         description="OpenAI's chat-completions request, the parts of it this server "
                     f"implements. {refused} are refused with 400 unless null, false or "
@@ -240,7 +296,16 @@ def request_schemas(ref: Callable[[str], dict]) -> dict:
                     "must be written without a fraction (`8`, not `8.0`). A null field "
                     "means its default.")
     return {"ChatCompletionRequest": request, "ChatMessage": chat_message,
-            "TextPart": text_part, "ImagePart": image_part}
+            "TextPart": text_part, "ImagePart": image_part, "ToolCall": tool_call_schema()}
+
+
+def tool_call_schema() -> dict:
+    """A tool call as OpenAI writes one, in an answer or in a conversation's history."""
+    return object_schema({
+        "id": {"type": "string"}, "type": {"const": "function"},
+        "function": object_schema({"name": {"type": "string"}, "arguments": {
+            "type": "string", "description": "The arguments, a JSON object as text."}})},
+        title="Tool call")
 
 
 # ---- response shapes -------------------------------------------------------------------
@@ -267,11 +332,14 @@ def chunk(cid: str, model: str, created: int, delta: dict, finish_reason: str | 
     return out
 
 
-def completion(cid: str, model: str, text: str, finish_reason: str, usage: dict,
-               extra: dict | None = None, reasoning: str = "") -> dict:
+def completion(cid: str, model: str, text: str | None, finish_reason: str, usage: dict,
+               extra: dict | None = None, reasoning: str = "",
+               tool_calls: list[dict] | None = None) -> dict:
     message = {"role": "assistant", "content": text}
     if reasoning:
         message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {"id": cid, "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
@@ -291,22 +359,35 @@ def answer_schemas(ref: Callable[[str], dict]) -> dict:
                 "usage": ref("Usage"), "timings": ref("Timings"), "context": ref("Context")}
 
     always = ["id", "object", "created", "model", "choices"]
-    message = object_schema({"role": {"const": "assistant"}, "content": string,
+    reasons = ["stop", "length", "tool_calls"]
+    message = object_schema({"role": {"const": "assistant"}, "content": {
+                                 "type": ["string", "null"],
+                                 "description": "Null when the answer is only tool calls."},
                              "reasoning_content": {
                                  "type": "string",
-                                 "description": "A Thinking model's reasoning."}},
+                                 "description": "A Thinking model's reasoning."},
+                             "tool_calls": {"type": "array", "items": ref("ToolCall")}},
                             ["role", "content"])
     completion = object_schema(answer("chat.completion", {
         "type": "array", "minItems": 1, "maxItems": 1, "items": object_schema({
-            "index": {"const": 0}, "finish_reason": {"enum": ["stop", "length"]},
+            "index": {"const": 0}, "finish_reason": {"enum": reasons, "description": (
+                "`tool_calls`: the answer ended with its calls complete; `length`: cut by "
+                "max_tokens (a call it cut keeps its arguments so far).")},
             "logprobs": {"type": "null"}, "message": message})}),
         [*always, "usage", "timings"])
+    call_delta = object_schema({
+        "index": {"type": "integer", "minimum": 0}, "id": string, "type": {"const": "function"},
+        "function": {"type": "object", "properties": {"name": string, "arguments": string}}},
+        ["index", "function"], description="A call's first delta has its id, type and name; "
+                                           "the next ones carry pieces of its arguments.")
     delta = {"type": "object", "properties": {"role": {"const": "assistant"},
-                                              "content": string, "reasoning_content": string}}
+                                              "content": string, "reasoning_content": string,
+                                              "tool_calls": {"type": "array",
+                                                             "items": call_delta}}}
     chunk = object_schema(answer("chat.completion.chunk", {
         "type": "array", "maxItems": 1, "items": object_schema({
             "index": {"const": 0}, "delta": delta, "logprobs": {"type": "null"},
-            "finish_reason": {"enum": ["stop", "length", None]}})}),
+            "finish_reason": {"enum": [*reasons, None]}})}),
         always,
         description="One stream event. The first carries the role (and `context` when the "
                     "conversation was fitted); the last with choices carries "

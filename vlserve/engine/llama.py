@@ -42,6 +42,7 @@ from .kvcache import ImageUnit, Unit, n_tokens
 from ..chat.protocol import ChatRequest, ImagePart, Message, SamplingParams, TextPart
 from ..chat.reasoning import template_opens_thinking
 from ..chat.template import ChatTemplate
+from ..chat.tools import Tools
 
 log = logging.getLogger("vlserve.engine")
 
@@ -89,7 +90,8 @@ class Engine(Protocol):
 
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt: ...
     def count_tokens(self, messages: tuple[Message, ...],
-                     images: Mapping[ImagePart, PreparedImage]) -> int: ...
+                     images: Mapping[ImagePart, PreparedImage],
+                     tools: Tools | None = None) -> int: ...
     def generate(self, prompt: Prompt, params: SamplingParams,
                  cancelled: Callable[[], bool]) -> Iterator[Delta | Finished]: ...
     def cache_stats(self) -> dict: ...
@@ -289,7 +291,7 @@ class LlamaEngine:
 
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt:
         segments = self._template.render_segments(request.messages, self._marker,
-                                                  self._controls)
+                                                  self._controls, request.tools)
         prompt = self._to_prompt(self._tokenize_segments(segments, images))
         prompt.thinking = self.opens_thinking
         try:
@@ -300,10 +302,12 @@ class LlamaEngine:
         return prompt
 
     def count_tokens(self, messages: tuple[Message, ...],
-                     images: Mapping[ImagePart, PreparedImage]) -> int:
+                     images: Mapping[ImagePart, PreparedImage],
+                     tools: Tools | None = None) -> int:
         """The prompt's size without encoding anything: the text tokenized around the image
         markers, plus each image's token count (computed once per image)."""
-        segments = self._template.render_segments(messages, self._marker, self._controls)
+        segments = self._template.render_segments(messages, self._marker, self._controls,
+                                                  tools)
         n = sum(len(self._model.tokenize(text.replace(self._marker, "").encode(),
                                          add_bos=i == 0 and self._model.add_bos_token(),
                                          special=markup))

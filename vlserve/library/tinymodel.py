@@ -294,13 +294,17 @@ def token_embd(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
-def output_head(printable: np.ndarray) -> Init:
-    """Random logits for printable tokens; a huge negative logit for every other token."""
+def output_head(printable: np.ndarray, favoured: dict[int, float] | None = None) -> Init:
+    """Random logits for printable tokens; a huge negative logit for every other token,
+    except `favoured` ones: a fixed logit of their own (a model that, say, opens a tool call
+    now and then)."""
     def init(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         x = weight(rng, shape)
         x[:, 0] = 0.0
         x[~printable] = 0.0
         x[~printable, 0] = BANNED_WEIGHT
+        for token, logit in (favoured or {}).items():
+            x[token, 0] = logit
         return x
     return init
 
@@ -349,7 +353,8 @@ def write_gguf(path: Path, w: gguf.GGUFWriter, tensors: list[Tensor], seed: list
         Path(tmp).unlink(missing_ok=True)   # gone already when the rename happened
 
 
-def text_tensors(d: TextDims, vocab: Vocab, qtype: gguf.GGMLQuantizationType) -> list[Tensor]:
+def text_tensors(d: TextDims, vocab: Vocab, qtype: gguf.GGMLQuantizationType,
+                 favoured: dict[int, float] | None = None) -> list[Tensor]:
     n_vocab = len(vocab.tokens)
     q_dim, kv_dim = d.n_head * d.head_dim, d.n_head_kv * d.head_dim
     tensors = [Tensor("token_embd.weight", (n_vocab, d.n_embd), qtype, token_embd)]
@@ -371,13 +376,14 @@ def text_tensors(d: TextDims, vocab: Vocab, qtype: gguf.GGMLQuantizationType) ->
     tensors += [
         Tensor("output_norm.weight", (d.n_embd,), F32, ones),
         # untied from token_embd (unlike the real 2B) because of the bias channel trick
-        Tensor("output.weight", (n_vocab, d.n_embd), qtype, output_head(vocab.printable)),
+        Tensor("output.weight", (n_vocab, d.n_embd), qtype, output_head(vocab.printable, favoured)),
     ]
     return tensors
 
 
 def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, seed: int,
-                     thinking: bool = False, template: str | None = None) -> None:
+                     thinking: bool = False, template: str | None = None,
+                     favour: dict[str, float] | None = None) -> None:
     vocab = build_vocab(d.n_vocab)
     w = gguf.GGUFWriter(None, "qwen3vl")
     w.add_type(gguf.GGUFType.MODEL)
@@ -398,7 +404,8 @@ def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, se
     w.add_file_type(FILE_TYPES[quant])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(w, vocab, thinking, template)
-    write_gguf(path, w, text_tensors(d, vocab, QUANT_TYPES[quant]), [seed, 0])
+    favoured = {vocab.id(text): weight for text, weight in (favour or {}).items()}
+    write_gguf(path, w, text_tensors(d, vocab, QUANT_TYPES[quant], favoured), [seed, 0])
 
 
 def vision_tensors(v: VisionDims, n_out: int, qtype: gguf.GGMLQuantizationType) -> list[Tensor]:
@@ -480,11 +487,14 @@ def write_mmproj(path: Path, v: VisionDims, n_out: int, quant: str, seed: int) -
 
 def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | None = None,
                seed: int = 0, thinking: bool = False, *, name: str | None = None,
-               keep_existing: bool = False, template: str | None = None) -> tuple[Path, Path]:
+               keep_existing: bool = False, template: str | None = None,
+               favour: dict[str, float] | None = None) -> tuple[Path, Path]:
     """Write `<out_dir>/<name>-<quant>.gguf` and `mmproj-<name>-<quant>.gguf`; return both
     paths. `name` defaults to `qwen3vl-<preset>[-thinking]`. `thinking` gives it a Thinking
     model's template (the prompt opens `<think>`); `template` embeds another chat template
-    (a real model's, e.g. tests/fixtures/qwen3vl-8b-instruct.jinja). `keep_existing`: a file
+    (a real model's, e.g. tests/fixtures/qwen3vl-8b-instruct.jinja). `favour` gives special
+    tokens a fixed logit weight (by text: with {"<tool_call>": 0.3} the tiny model opens a
+    tool call by itself after some 15 characters of noise, on average). `keep_existing`: a file
     already there is left as it is (its name must then say which generator wrote it)."""
     spec = PRESETS[preset]
     quant = quant or spec.quant
@@ -497,7 +507,7 @@ def make_model(out_dir: str | os.PathLike, preset: str = "tiny", quant: str | No
     model = out / f"{name}-{quant}.gguf"
     mmproj = out / f"mmproj-{name}-{mmproj_quant(quant)}.gguf"
     if not (keep_existing and model.is_file()):
-        write_text_model(model, spec.text, spec.vision, quant, seed, thinking, template)
+        write_text_model(model, spec.text, spec.vision, quant, seed, thinking, template, favour)
     if not (keep_existing and mmproj.is_file()):
         write_mmproj(mmproj, spec.vision, spec.text.n_embd, mmproj_quant(quant), seed)
     return model, mmproj

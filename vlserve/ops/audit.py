@@ -105,17 +105,29 @@ def _scrub(value):
     return value
 
 
-def content(req: ChatRequest, images: dict, answer: str, reasoning: str | None = None) -> dict:
+def content(req: ChatRequest, images: dict, answer: str | None, reasoning: str | None = None,
+            tool_calls: list[dict] | None = None) -> dict:
     """What `--log-content` adds to the record: the messages as sent, each image replaced
-    by its sha256 (`images` maps the request's ImageParts to their PreparedImages)."""
+    by its sha256 (`images` maps the request's ImageParts to their PreparedImages), and the
+    answer (its tool calls included)."""
     def part(p) -> dict:
         if isinstance(p, TextPart):
             return {"type": "text", "text": p.text}
         image = images.get(p)
         return {"type": "image", "sha256": image.sha256 if image is not None else None}
-    return {"messages": [{"role": m.role, "content": [part(p) for p in m.parts]}
-                         for m in req.messages],
-            "answer": answer, "reasoning": reasoning or None}
+
+    def message(m) -> dict:
+        out = {"role": m.role, "content": [part(p) for p in m.parts]}
+        if m.tool_calls:
+            out["tool_calls"] = [c.template_dict() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            out["tool_call_id"] = m.tool_call_id
+        return out
+    record = {"messages": [message(m) for m in req.messages], "answer": answer,
+              "reasoning": reasoning or None}
+    if tool_calls:
+        record["tool_calls"] = tool_calls
+    return record
 
 
 def init_app(app: Flask, settings) -> AuditLog | None:

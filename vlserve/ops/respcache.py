@@ -27,7 +27,7 @@ import diskcache
 from ..chat.images import PreparedImage
 from ..chat.protocol import ChatRequest, ImagePart
 
-VERSION = 1   # bump when what a key covers or what a value holds changes
+VERSION = 2   # bump when what a key covers or what a value holds changes
 
 
 DATABASE = "cache.db"   # diskcache's file name for its SQLite database
@@ -62,8 +62,11 @@ class ResponseCache:
         params = req.params
         if not deterministic(params):
             return None
-        messages = [[m.role, [_part(p, images) for p in m.parts]] for m in req.messages]
-        blob = json.dumps([VERSION, model, messages, dataclasses.asdict(params)],
+        messages = [[m.role, [_part(p, images) for p in m.parts],
+                     [c.template_dict() for c in m.tool_calls], m.tool_call_id]
+                    for m in req.messages]
+        tools = dataclasses.asdict(req.tools) if req.tools else None
+        blob = json.dumps([VERSION, model, messages, dataclasses.asdict(params), tools],
                           sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

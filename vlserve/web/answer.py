@@ -13,7 +13,7 @@ from flask import Response, g, jsonify, request, stream_with_context
 from . import state
 from .client import client_gone
 from .lifecycle import finish_request, sse_data
-from ..chat.answer import Deltas, shape_answer
+from ..chat.answer import Answer, Deltas, finish_reason, shape_answer
 from ..chat.prompt import Preparation
 from ..chat.protocol import ChatRequest, chunk, completion, usage_dict
 from ..engine.jobs import Job
@@ -38,6 +38,11 @@ class Reply:
     prep: Preparation
     reasoning_inline: bool
     cache_key: str | None = None   # where a complete answer is kept (deterministic requests)
+
+    @property
+    def calls(self) -> bool:
+        """Whether tool calls are read out of the answer."""
+        return bool(self.prep.req.tools and self.prep.req.tools.calls)
 
     def usage(self, event: Finished) -> dict:
         return usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
@@ -139,19 +144,22 @@ def _collect(job: Job, reply: Reply) -> Response:
                 raise event
     finally:
         job.cancel()
-    _log_finish(event, job, reply)  # _events ends on Finished unless it raised above
     raw, thinking = "".join(text), bool(job.prompt and job.prompt.thinking)
     reply.keep(job, event, raw)
-    reasoning, content = shape_answer(raw, thinking, reply.reasoning_inline)
-    record_content(reply.prep.req, reply.prep.images, content, reasoning)
-    return jsonify(completion(reply.cid, job_model(job, reply), content, event.finish_reason,
-                              reply.usage(event), reply.extra(event), reasoning))
+    shaped = shape_answer(raw, thinking, reply.reasoning_inline, reply.calls)
+    reason = finish_reason(event.finish_reason, shaped.calls_complete)
+    _log_finish(event, job, reply, reason)  # _events ends on Finished unless it raised above
+    record_content(reply.prep.req, reply.prep.images, shaped)
+    return jsonify(completion(reply.cid, job_model(job, reply), shaped.content, reason,
+                              reply.usage(event), reply.extra(event), shaped.reasoning,
+                              shaped.tool_calls))
 
 
-def record_content(req: ChatRequest, images, answer: str, reasoning: str | None) -> None:
+def record_content(req: ChatRequest, images, shaped: Answer) -> None:
     """With --log-content only: the conversation and answer for the audit log."""
     if state.get()["settings"].log_content:
-        g.record["content"] = audit.content(req, images, answer, reasoning)
+        g.record["content"] = audit.content(req, images, shaped.content, shaped.reasoning,
+                                            shaped.tool_calls)
 
 
 def job_model(job: Job, reply: Reply) -> str:
@@ -164,12 +172,15 @@ def _mark_cancelled() -> None:
     g.record["cancelled"] = True
 
 
-def _log_finish(event: Finished, job: Job, reply: Reply) -> None:
-    g.log.update(completion_tokens=event.completion_tokens, finish=event.finish_reason)
+def _log_finish(event: Finished, job: Job, reply: Reply, reason: str | None = None) -> None:
+    """The end in the log line and the record; `reason`: the answer's finish_reason, when
+    it is not the engine's (`tool_calls`)."""
+    reason = reason or event.finish_reason
+    g.log.update(completion_tokens=event.completion_tokens, finish=reason)
     g.record.update(model=job_model(job, reply), prompt_tokens=event.prompt_tokens,
                     completion_tokens=event.completion_tokens,
                     cached_tokens=event.cached_tokens, image_tokens=reply.prep.image_tokens,
-                    finish_reason=event.finish_reason, timings=dict(event.timings))
+                    finish_reason=reason, timings=dict(event.timings))
 
 
 def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
@@ -177,7 +188,7 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
     cid, name = reply.cid, reply.model
     status, t0, ttft = 200, time.monotonic(), None
     deltas, raw = Deltas(lambda: bool(job.prompt and job.prompt.thinking),
-                        reply.reasoning_inline), []
+                        reply.reasoning_inline, reply.calls), []
     try:
         first = chunk(cid, name, created, {"role": "assistant", "content": ""})
         if reply.dropped:   # known before generating: a client that stops early still sees it
@@ -202,9 +213,10 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
             else:
                 for delta in deltas.finish():
                     yield sse_data(chunk(cid, name, created, delta))
-                _log_finish(event, job, reply)
+                reason = finish_reason(event.finish_reason, deltas.calls_complete)
+                _log_finish(event, job, reply, reason)
                 reply.keep(job, event, "".join(raw))
-                final = chunk(cid, name, created, {}, event.finish_reason)
+                final = chunk(cid, name, created, {}, reason)
                 final.update(reply.extra(event))
                 final["timings"]["ttft_ms"] = round((ttft or 0) * 1000, 2)
                 g.record["timings"]["ttft_ms"] = final["timings"]["ttft_ms"]
@@ -220,6 +232,6 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
     finally:
         _abandon(job)  # a no-op after the end; frees the queue place or sequence if not
         thinking = bool(job.prompt and job.prompt.thinking)
-        record_content(req, reply.prep.images,
-                        *reversed(shape_answer("".join(raw), thinking, reply.reasoning_inline)))
+        record_content(req, reply.prep.images, shape_answer(
+            "".join(raw), thinking, reply.reasoning_inline, reply.calls))
         finish_request(status)

@@ -21,8 +21,12 @@ def chat_completions():
     settings, worker = state.get()["settings"], state.worker()
     body = json_body()
     req = parse_chat_request(body, max_tokens_cap=settings.max_tokens_cap or 10**7)
-    if req.params.constraint is not None:   # its size, never the schema (client content)
-        g.log.update(constrained=1, grammar_bytes=len(req.params.constraint.grammar))
+    constraint = req.params.constraint
+    if constraint is not None and constraint.grammar is not None:
+        # its size, never the schema (client content)
+        g.log.update(constrained=1, grammar_bytes=len(constraint.grammar))
+    if req.tools:   # counts, never names
+        g.log.update(tools=len(req.tools.definitions), tool_choice=req.tools.choice)
     upstream_model = _upstream_model(req.model, settings)
     if upstream_model is not None:
         images = _request_images(req, settings)

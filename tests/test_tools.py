@@ -1,0 +1,318 @@
+"""Tool calls end to end, on the real engine, through the real server.
+
+The model is the tiny one with Qwen3-VL's own chat template, made to open `<tool_call>` by
+itself now and then (conftest's `real_model`): its weights are random, so whatever it writes
+inside a call is noise unless the grammar holds it. Every call it makes with tools must then
+name a tool and carry arguments valid against that tool's schema (jsonschema); the same model
+without the constraint writes calls that are not (so these tests can fail)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+from typing import Literal
+
+import jsonschema
+import openai
+import pydantic
+import pytest
+import requests
+
+from conftest import LiveServer, data_url, user
+from vlserve.chat.tools import ToolCallReader
+
+CHAT = "/v1/chat/completions"
+WORD = {"type": "string", "maxLength": 8}
+
+
+def function(name: str, properties: dict, **more) -> dict:
+    return {"type": "function", "function": {
+        "name": name, "description": f"{name} (test tool)", "parameters": {
+            "type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False, **more}}}
+
+
+TOOLS = [
+    function("get_weather", {"city": WORD, "unit": {"enum": ["c", "f"]}}),
+    function("read_meter", {"meter": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"},
+                            "value": {"type": "integer", "minimum": 0, "maximum": 99999}}),
+    function("add_labels", {"labels": {"type": "array", "minItems": 1, "maxItems": 3,
+                                       "items": {"enum": ["bolt", "nut", "gear"]}}}),
+    function("click", {"at": {"$ref": "#/$defs/point"}},
+             **{"$defs": {"point": {"type": "object", "additionalProperties": False,
+                                    "required": ["x", "y"], "properties": {
+                                        "x": {"type": "integer", "minimum": 0, "maximum": 999},
+                                        "y": {"type": "integer", "minimum": 0,
+                                              "maximum": 999}}}}}),
+    {"type": "function", "function": {"name": "now", "description": "The time."}},
+]
+SCHEMAS = {t["function"]["name"]: t["function"].get("parameters", {
+    "type": "object", "properties": {}, "additionalProperties": False}) for t in TOOLS}
+NAMED = {"type": "function", "function": {"name": "read_meter"}}
+
+
+def check_calls(calls: list[dict], only: str | None = None) -> None:
+    """Each call: an id, a tool's name, arguments (a JSON string) valid for that tool."""
+    for call in calls:
+        assert call["id"].startswith("call_") and call["type"] == "function"
+        name = call["function"]["name"]
+        assert name in SCHEMAS and (only is None or name == only), name
+        jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[name])
+
+
+def collect(response: requests.Response, stream: bool) -> tuple[dict, str]:
+    """(message, finish_reason) of a whole answer, or of a stream's deltas assembled as
+    OpenAI's clients assemble them (a call's first delta has its id and name, the rest
+    carry pieces of its arguments, by index)."""
+    if not stream:
+        choice = response.json()["choices"][0]
+        return choice["message"], choice["finish_reason"]
+    message, calls, reason = {"content": ""}, {}, None
+    for line in response.iter_lines():
+        if not line.startswith(b"data: {"):
+            continue
+        choices = json.loads(line[6:])["choices"]
+        if not choices:
+            continue
+        delta, reason = choices[0]["delta"], choices[0]["finish_reason"] or reason
+        message["content"] += delta.get("content") or ""
+        for piece in delta.get("tool_calls") or []:
+            if piece["index"] not in calls:
+                assert piece["id"] and piece["function"]["name"], piece   # first: whole head
+                calls[piece["index"]] = {"id": piece["id"], "type": piece["type"],
+                                         "function": {"name": piece["function"]["name"],
+                                                      "arguments": ""}}
+            calls[piece["index"]]["function"]["arguments"] += piece["function"].get(
+                "arguments", "")
+    assert sorted(calls) == list(range(len(calls)))
+    message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return message, reason
+
+
+@pytest.fixture(scope="module")
+def server(real_model, tmp_path_factory):
+    s = LiveServer(real_model, "--parallel", "4", "--queue-size", "16",
+                   log_path=tmp_path_factory.mktemp("tools") / "server.log")
+    yield s
+    s.stop()
+
+
+def ask(server, body: dict) -> requests.Response:
+    r = requests.post(server.url + CHAT, json=body, timeout=120, stream=body.get("stream"))
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_every_call_is_valid_required_named_or_auto_streamed_or_not_batched_with_images(
+        server):
+    """required, a named tool and auto x temperature 0 and 1 x streamed or not x text or
+    image x 4 seeds, 4 at a time: 96 answers, every call valid; required and named always
+    call (named: only that tool); parallel_tool_calls false: at most one call. (With
+    parallel calls this model, which opens a call whenever it can, calls until max_tokens
+    cuts it: then every call but the cut last one is complete and valid.)"""
+    cases = list(enumerate(itertools.product(
+        ("required", NAMED, "auto"), (0, 1), (False, True), (False, True), range(4))))
+    photo = data_url(48, 32)
+
+    def one(i_case):
+        i, (choice, temperature, stream, image, seed) = i_case
+        content = [{"type": "text", "text": f"Look at part {i} and call a tool."}]
+        if image:
+            content.insert(0, {"type": "image_url", "image_url": {"url": photo}})
+        body = {"messages": [{"role": "user", "content": content}], "tools": TOOLS,
+                "tool_choice": choice, "parallel_tool_calls": seed % 2 == 0,
+                "max_tokens": 300, "temperature": temperature, "seed": seed, "stream": stream}
+        return choice, seed, *collect(ask(server, body), stream)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, cases))
+    counts = {"calls": 0, "auto_calls": 0, "auto_text_first": 0}
+    for choice, seed, message, reason in answers:
+        calls = message.get("tool_calls") or []
+        assert reason in ("tool_calls", "length"), reason
+        if seed % 2:   # one call at most: it always ends
+            assert len(calls) <= 1 and (reason == "tool_calls" or choice == "auto"), message
+        check_calls(calls if reason == "tool_calls" else calls[:-1],
+                    only="read_meter" if choice == NAMED else None)
+        if choice != "auto":
+            assert calls and not (message["content"] or "").startswith(("<", "{")), message
+        elif calls:
+            counts["auto_calls"] += 1
+            counts["auto_text_first"] += bool(message["content"])
+        else:
+            assert reason == "length"   # the model's free text: noise until max_tokens
+        counts["calls"] += len(calls)
+    # auto both calls and writes text first (the lazy trigger) in this run
+    assert counts["auto_calls"] and counts["auto_text_first"], counts
+
+
+def test_without_tools_the_same_model_writes_calls_that_are_not_valid(server):
+    """The proof can fail: the model opens <tool_call> by itself, and what follows is noise."""
+    invalid = 0
+    for seed in range(8):
+        r = ask(server, {"messages": [user("Call a tool.")], "max_tokens": 120,
+                         "temperature": 1, "seed": seed})
+        text = r.json()["choices"][0]["message"]["content"]
+        assert "<tool_call>" in text
+        reader = ToolCallReader()
+        reader.feed(text)
+        reader.finish()
+        try:
+            check_calls(reader.calls)
+            assert reader.calls and reader.closed == len(reader.calls)
+        except (AssertionError, ValueError, jsonschema.ValidationError):
+            invalid += 1
+    assert invalid == 8
+
+
+def test_tool_choice_none_never_calls(server):
+    """The same model opens <tool_call> at almost every answer; with none it cannot."""
+    for seed in range(8):
+        r = ask(server, {"messages": [user("Call a tool.")], "tools": TOOLS,
+                         "tool_choice": "none", "max_tokens": 60, "temperature": 1,
+                         "seed": seed})
+        choice = r.json()["choices"][0]
+        assert "tool_calls" not in choice["message"] and choice["finish_reason"] == "length"
+        assert "<tool_call>" not in choice["message"]["content"]
+
+
+def test_streamed_and_whole_answers_agree(server):
+    """The same seed gives the same tokens: the stream's assembled calls are the whole
+    answer's (ids apart)."""
+    for choice in ("auto", "required"):
+        for seed in range(3):
+            body = {"messages": [user("Weather?")], "tools": TOOLS, "tool_choice": choice,
+                    "max_tokens": 200, "temperature": 1, "seed": seed}
+            whole, r1 = collect(ask(server, body), False)
+            streamed, r2 = collect(ask(server, {**body, "stream": True}), True)
+            assert r1 == r2
+            strip = [c["function"] for c in whole.get("tool_calls") or []]
+            assert strip == [c["function"] for c in streamed["tool_calls"]]
+            assert (whole["content"] or "") == streamed["content"].strip() or (
+                not strip and whole["content"] == streamed["content"])
+
+
+def test_a_cut_call_says_length(server):
+    r = ask(server, {"messages": [user("x")], "tools": TOOLS, "tool_choice": NAMED,
+                     "max_tokens": 45, "temperature": 0})
+    message, reason = collect(r, False)
+    assert reason == "length" and message["content"] is None, (message, r.json()["usage"])
+    calls = message["tool_calls"]   # what it had: the name, and arguments cut short
+    assert calls[0]["function"]["name"] == "read_meter"
+    with pytest.raises(ValueError):
+        json.loads(calls[0]["function"]["arguments"])
+
+
+def test_a_round_trip_with_a_screenshot_as_the_tool_result_keeps_the_prefix_cache(server):
+    """Call, run the tool (here: a screenshot), send the result back: the follow-up reuses
+    the whole first turn from the KV cache, the generated call included (the template writes
+    the call exactly as the grammar made the model write it)."""
+    tools = [TOOLS[3]]   # click
+    first = [user("Click the OK button.")]
+    r1 = ask(server, {"messages": first, "tools": tools, "tool_choice": "required",
+                      "parallel_tool_calls": False, "max_tokens": 100, "temperature": 0}).json()
+    message = r1["choices"][0]["message"]
+    [call] = message["tool_calls"]
+    result = {"role": "tool", "tool_call_id": call["id"], "content": [
+        {"type": "text", "text": "Clicked. The screen now:"},
+        {"type": "image_url", "image_url": {"url": data_url(64, 48)}}]}
+    r2 = ask(server, {"messages": [*first, message, result], "tools": tools,
+                      "max_tokens": 8, "temperature": 0}).json()
+    usage = r2["usage"]
+    assert usage["prompt_tokens_details"]["image_tokens"] > 0
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= (
+        r1["usage"]["prompt_tokens"] + r1["usage"]["completion_tokens"] - 1), (r1, usage)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": [1]}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
+        "type": "object", "unevaluatedProperties": False}}}]}, "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]},
+     "tools[0].function.name"),
+    ({"tools": [TOOLS[0], TOOLS[0]]}, "tools[1].function.name"),
+    ({"tools": [TOOLS[0]], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice.function.name"),
+    ({"tools": [TOOLS[0]], "tool_choice": "always"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": {"get_weather": {}}}, "tools"),
+    ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+    ({"tools": [TOOLS[0]], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"tools": [TOOLS[0]], "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [TOOLS[0]], "stop": ["}"]}, "stop"),
+    ({"messages": [user("x"), {"role": "tool", "content": "18 C"}]}, "messages[1].tool_call_id"),
+    ({"messages": [user("x"), {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]},
+     "messages[1].tool_calls[0].function.arguments"),
+    ({"messages": [user("x"), {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+     "messages[1].tool_calls[0].id"),
+    ({"messages": [{"role": "assistant", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+     "messages[0].content"),
+])
+def test_bad_tool_requests_are_400s_naming_the_field(client, body, param):
+    r = client.post(CHAT, json={"messages": [user("x")], **body})
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
+
+
+class Reading(pydantic.BaseModel):
+    """Record a meter reading."""
+    meter: str = pydantic.Field(pattern="^[A-Z]{2}[0-9]{3}$")
+    value: int = pydantic.Field(ge=0, le=99999)
+    unit: Literal["kWh", "m3"]
+
+
+def test_openai_sdk_pydantic_function_tool_streamed_through_its_helper(server):
+    """The SDK's strict function tool from a Pydantic model, streamed: its helper assembles
+    the deltas and parses the arguments into the model. (One call per answer: this model
+    would call until max_tokens cut it, which the helper refuses to parse.)"""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    tool = openai.pydantic_function_tool(Reading)
+    for seed in range(3):
+        with client.chat.completions.stream(
+                model="tiny", seed=seed, max_tokens=200, tools=[tool], tool_choice="required",
+                parallel_tool_calls=False,
+                messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": data_url()}},
+                    {"type": "text", "text": "Read the meter."}]}]) as stream:
+            for _ in stream:
+                pass
+            done = stream.get_final_completion()
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        for call in choice.message.tool_calls:
+            assert call.function.name == "Reading"
+            assert isinstance(call.function.parsed_arguments, Reading)
+    whole = client.chat.completions.parse(model="tiny", max_tokens=200, tools=[tool],
+                                          tool_choice="required", parallel_tool_calls=False,
+                                          messages=[{"role": "user", "content": "Read it."}])
+    assert all(isinstance(c.function.parsed_arguments, Reading)
+               for c in whole.choices[0].message.tool_calls)
+
+
+def test_langchain_bind_tools(server):
+    from langchain_core.messages import ToolMessage
+    from langchain_openai import ChatOpenAI
+    llm = ChatOpenAI(base_url=server.url + "/v1", api_key="unused", model="tiny",
+                     max_tokens=200, temperature=1, max_retries=0)
+    bound = llm.bind_tools([Reading], tool_choice="required", parallel_tool_calls=False)
+    question = [("user", "Read the meter.")]
+    ai = bound.invoke(question)
+    assert ai.tool_calls and all(Reading(**c["args"]) for c in ai.tool_calls)
+    # the results go back as tool messages; the model answers (noise, but an answer)
+    results = [ToolMessage("recorded", tool_call_id=c["id"]) for c in ai.tool_calls]
+    follow = llm.bind_tools([Reading]).invoke([*question, ai, *results], max_tokens=5)
+    assert follow.response_metadata["finish_reason"] in ("length", "tool_calls", "stop")
+
+
+def test_the_log_counts_tools_and_never_names_them(server):
+    ask(server, {"messages": [user("x")], "tools": TOOLS, "tool_choice": "required",
+                 "max_tokens": 100, "temperature": 0})
+    log = server.log()
+    assert f"tools={len(TOOLS)} tool_choice=required" in log
+    assert "get_weather" not in log and "read_meter" not in log
