@@ -267,6 +267,33 @@ def test_response_format_reaches_the_upstream(gateway):
     assert refused.status_code == 400 and "unevaluatedProperties" in refused.text
 
 
+def test_tools_and_tool_results_reach_the_upstream(gateway, peers):
+    """tools, tool_choice, parallel_tool_calls, an assistant's calls and a tool's result (a
+    screenshot, prepared here like any image) go to the upstream as the client wrote them:
+    a vlserve replica holds its calls to the schema."""
+    tool = {"type": "function", "function": {"name": "tap", "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["x"],
+        "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 99}}}}}
+    body = {"model": "tiny-r", "messages": [user("Tap OK.")], "tools": [tool],
+            "tool_choice": {"type": "function", "function": {"name": "tap"}},
+            "parallel_tool_calls": False, "max_tokens": 60, "temperature": 1}
+    r = chat(gateway, body, CHAT_KEY)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "tap"
+    assert 0 <= json.loads(call["function"]["arguments"])["x"] <= 99
+    result = {"role": "tool", "tool_call_id": call["id"], "content": [
+        {"type": "image_url", "image_url": {"url": data_url(64, 48)}}]}
+    r = chat(gateway, {**body, "tool_choice": "none", "max_tokens": 4,
+                       "messages": [*body["messages"], choice["message"], result]}, CHAT_KEY)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens_details"]["image_tokens"] > 0
+    theirs = read_audit(peers[r.headers["X-Vlserve-Backend"]].audit)[-1]
+    assert theirs["images"] and theirs["status"] == 200
+
+
 # ---- images ---------------------------------------------------------------------------------
 
 def test_images_are_prepared_here_before_they_leave(gateway, peers):

@@ -1,4 +1,5 @@
-"""A sequence's answer held to its grammar (`chat.constraint.Constraint`): before each token
+"""A sequence's answer held to its grammar (`chat.constraint.Constraint`: a response_format or
+tool calls): before each token
 is sampled, every token the grammar does not allow next gets a logit of -inf, so whatever
 the sampler chain then does (penalties, top-k, temperature, greedy), the token it picks is
 allowed; after it, the matcher consumes the token.
