@@ -1,8 +1,8 @@
 """A sequence's answer held to its grammar (`chat.constraint.Constraint`: a response_format or
-tool calls): before each token
-is sampled, every token the grammar does not allow next gets a logit of -inf, so whatever
-the sampler chain then does (penalties, top-k, temperature, greedy), the token it picks is
-allowed; after it, the matcher consumes the token.
+tool calls): before each token is sampled, every token the grammar does not allow next gets
+a logit of -inf, so whatever the sampler chain then does (penalties, top-k, temperature,
+greedy), the token it picks is allowed; after it, the matcher consumes the token. With
+tool_choice auto the grammar holds only from the `<tool_call>` token on (a lazy trigger).
 
 One `Guide` per sequence (llguidance's `LLMatcher`: its own state), made on the engine
 thread when the sequence's prompt is in; constrained and free sequences batch together. The
