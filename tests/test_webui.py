@@ -1133,3 +1133,74 @@ def test_api_key_for_real(tiny_model, tmp_path_factory, browser):
     finally:
         context.close()
         server.stop()
+
+
+def test_tool_calls_and_results_are_shown_and_sent_back(server, open_page):
+    """An imported agent conversation (OpenAI's shapes): the answer's calls show their name
+    and pretty arguments, the tool's result says which call it answers and shows its
+    screenshot; nothing in them becomes markup; a follow-up sends the calls and the result
+    back as OpenAI messages, and the server answers."""
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 8})
+    when = int(time.time() * 1000)
+    hostile = '<img src=x onerror="window.pwned=1">'
+    chat = {"id": "agent", "title": "Agent", "created": when, "updated": when, "messages": [
+        {"id": "u1", "role": "user", "text": "Press OK.", "time": when},
+        {"id": "a1", "role": "assistant", "text": "Pressing it.", "time": when, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {
+                "name": "tap", "arguments": json.dumps({"x": 12, "label": hostile})}}]},
+        {"id": "t1", "role": "tool", "tool_call_id": "call_1", "text": f"done {hostile}",
+         "time": when, "images": [{"url": "data:image/png;base64,"
+                                   + base64.b64encode(png(64, 48)).decode(), "name": "screen"}]},
+        {"id": "a2", "role": "assistant", "text": "Done.", "time": when}]}
+    import_json(page, {"conversations": [chat]})
+    page.get_by_test_id("conversation-item").locator(".conv-open").click()
+    call = page.get_by_test_id("tool-call")
+    expect(call.locator(".tool-call-name")).to_have_text("tap")
+    expect(call.locator(".tool-call-args")).to_have_text(
+        json.dumps({"x": 12, "label": hostile}, indent=2))
+    result = messages(page, "tool")
+    expect(result.locator(".message-role")).to_have_text("Result of tap")
+    expect(result.get_by_test_id("message-content")).to_have_text(f"done {hostile}")
+    expect(result.locator("img")).to_have_count(1)
+    assert page.evaluate(ACTIVE_ATTRIBUTES, "[data-testid=tool-calls], .tool-result-text") == []
+    sent = []
+    page.route("**/v1/chat/completions",
+               lambda route: (sent.append(route.request.post_data_json), route.continue_()))
+    send(page, "And now?")
+    wait_answers(page, 1)
+    history = sent[0]["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant", "user"]
+    assert history[1]["tool_calls"] == [{"id": "call_1", "type": "function", "function": {
+        "name": "tap", "arguments": json.dumps({"x": 12, "label": hostile})}}]
+    assert history[2]["tool_call_id"] == "call_1"
+    assert [p["type"] for p in history[2]["content"]] == ["image_url", "text"]
+    assert page.evaluate("window.pwned") is None
+
+
+def test_streamed_tool_call_deltas_are_assembled(server, open_page):
+    """An answer streamed as tool-call deltas (a client's own server, or a gateway upstream
+    that calls tools): the call shows with its name and its arguments, joined and pretty."""
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 8})
+
+    def event(delta, finish=None):
+        return "data: " + json.dumps({"id": "chatcmpl-x", "object": "chat.completion.chunk",
+                                      "created": 1, "model": "tiny", "choices": [{
+                                          "index": 0, "delta": delta, "logprobs": None,
+                                          "finish_reason": finish}]}) + "\n\n"
+    head = {"index": 0, "id": "call_9", "type": "function",
+            "function": {"name": "read_meter", "arguments": ""}}
+    body = "".join([event({"role": "assistant", "content": ""}), event({"tool_calls": [head]}),
+                    *(event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                      for piece in ('{"meter": "AB', '123", "va', 'lue": 42}')),
+                    event({}, "tool_calls"), "data: [DONE]\n\n"])
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, body=body, headers={"Content-Type": "text/event-stream"}))
+    send(page, "Read the meter.")
+    call = page.get_by_test_id("tool-call")
+    expect(call.locator(".tool-call-name")).to_have_text("read_meter")
+    expect(call.locator(".tool-call-args")).to_have_text(
+        json.dumps({"meter": "AB123", "value": 42}, indent=2))
+    expect(page.get_by_test_id("send-button")).to_be_visible()
+    expect(messages(page, "assistant").locator(".message-note")).to_have_count(0)

@@ -202,7 +202,7 @@ async function generate(conv, { retry, undo }) {
   } catch (err) {
     view.cancel();
     if (isAbort(err)) answer.stopped = true;
-    else if (!answer.text && !answer.reasoning) {
+    else if (!answer.text && !answer.reasoning && !answer.toolCalls) {
       conv.messages.splice(conv.messages.indexOf(answer), 1);
       undo();
       await failed(asApiError(err), retry);
@@ -233,12 +233,20 @@ function requestBody(conv) {
   const s = settings();
   const messages = [];
   if (s.systemPrompt.trim()) messages.push({ role: "system", content: s.systemPrompt.trim() });
+  const parts = (m) => {
+    // images first, then the text: the order Qwen-VL's own examples use
+    const out = (m.images || []).map((image) => ({ type: "image_url", image_url: { url: image.url, detail: s.imageDetail } }));
+    if (m.text) out.push({ type: "text", text: m.text });
+    return out;
+  };
   for (const m of conv.messages) {
     if (m.role === "user") {
-      // images first, then the question: the order Qwen-VL's own examples use
-      const parts = (m.images || []).map((image) => ({ type: "image_url", image_url: { url: image.url, detail: s.imageDetail } }));
-      if (m.text) parts.push({ type: "text", text: m.text });
-      messages.push({ role: "user", content: parts });
+      messages.push({ role: "user", content: parts(m) });
+    } else if (m.role === "tool") {   // an imported conversation's tool result, as it was
+      messages.push({ role: "tool", tool_call_id: m.toolCallId, content: parts(m) });
+    } else if (m.toolCalls?.length) {
+      messages.push({ role: "assistant", content: m.text || null, tool_calls: m.toolCalls.map((c) => ({
+        id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } })) });
     } else if (m.text) {
       messages.push({ role: "assistant", content: m.text });
     }
@@ -266,6 +274,13 @@ function applyChunk(answer, chunk, timing) {
     timing.firstToken ??= now;
     if (answer.reasoning && answer.reasoningMs == null) answer.reasoningMs = now - timing.reasoningStart;
     answer.text += delta.content;
+  }
+  for (const piece of delta.tool_calls ?? []) {   // a call's name first, then its arguments
+    timing.firstToken ??= now;
+    answer.toolCalls ??= [];
+    const call = answer.toolCalls[piece.index] ??= { id: piece.id, name: "", arguments: "" };
+    call.name += piece.function?.name ?? "";
+    call.arguments += piece.function?.arguments ?? "";
   }
   if (choice?.finish_reason) {
     answer.finish = choice.finish_reason;

@@ -17,11 +17,13 @@ export function renderMessages(container, conv, ctx) {
   const last = conv.messages.length - 1;
   const lastUser = conv.messages.findLastIndex((m) => m.role === "user");
   let previous = null;
+  const calls = new Map(conv.messages.flatMap((m) => m.toolCalls ?? []).map((c) => [c.id, c.name]));
   conv.messages.forEach((message, index) => {
     const sig = signature(message, ctx.streamingId === message.id);
     let node = existing.get(message.id);
     if (!node || node._sig !== sig) {
-      const fresh = buildMessage(message, ctx);
+      const fresh = message.role === "tool" ? toolMessage(message, calls.get(message.toolCallId))
+        : buildMessage(message, ctx);
       // only a message new to the screen slides in; a rebuilt one (the answer that just
       // finished, an edited question) must not flash
       if (!node && !initial) fresh.classList.add("enter");
@@ -50,6 +52,7 @@ function keepOpen(old, fresh) {
 /** Everything a message's element shows: a change means it is built again. */
 function signature(m, streaming) {
   return [m.text, m.reasoning, m.images?.length, JSON.stringify(m.stats ?? null),
+    JSON.stringify(m.toolCalls ?? null), m.toolCallId,
     JSON.stringify(m.context ?? null), m.finish, m.error, m.stopped, m.partial, m.model,
     streaming].join("\u0000");
 }
@@ -87,10 +90,47 @@ function messageBubble(m, isUser, streaming) {
   const content = el(`div.message-content.${isUser ? "plain" : "markdown"}`, { "data-testid": "message-content" });
   if (isUser) content.textContent = m.text;
   else if (m.text) renderMarkdown(content, m.text, { final: !streaming });
-  const waiting = streaming && !m.text && !m.reasoning;
-  if (m.text || waiting || (!isUser && m.reasoning)) bubble.append(content);
+  const waiting = streaming && !m.text && !m.reasoning && !m.toolCalls?.length;
+  if (m.text || waiting || (!isUser && m.reasoning && !m.toolCalls?.length)) bubble.append(content);
+  if (m.toolCalls?.length) bubble.append(toolCallList(m.toolCalls));
   if (waiting) bubble.append(typingIndicator());
   return bubble;
+}
+
+/** An answer's tool calls: each function's name and its arguments, pretty-printed. The page
+ * runs no tool; it shows what the model asked for (imported, or from the API). */
+function toolCallList(calls) {
+  return el("div.tool-calls", { "data-testid": "tool-calls" }, ...calls.map((c) =>
+    el("div.tool-call", { "data-testid": "tool-call" },
+      el("div.tool-call-head", {}, el("span.tool-call-label", { text: "Calls" }),
+        el("code.tool-call-name", { text: c.name })),
+      el("pre.tool-call-args", { text: prettyJson(c.arguments) }))));
+}
+
+function prettyJson(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;   // cut short (finish_reason length): shown as it came
+  }
+}
+
+/** A tool's result, sent back to the model: which call it answers (`callName`, when the
+ * conversation has that call), its text and images. */
+function toolMessage(m, callName) {
+  const name = callName ? `Result of ${callName}` : "Tool result";
+  const node = el("article.message.tool-result", { "data-testid": "message", "data-role": "tool",
+    "data-id": m.id, "aria-label": `${name}, ${clockTime(m.time)}` });
+  node.append(el("header.message-head", {},
+    el("span.avatar", { "aria-hidden": "true" }, icon("sliders")),
+    el("span.message-role", { text: name }),
+    el("time.message-time", { datetime: new Date(m.time).toISOString(), title: fullDate(m.time),
+      text: clockTime(m.time) })));
+  if (m.images?.length) node.append(imageGrid(m.images));
+  if (m.text) node.append(el("div.bubble", {}, el("pre.message-content.plain.tool-result-text",
+    { "data-testid": "message-content", text: m.text })));
+  node.append(el("div.message-actions"));
+  return node;
 }
 
 const SINGLE_IMAGE_PX = 300;
@@ -139,9 +179,10 @@ function noteFor(m, streaming) {
     if (m.context.dropped_messages) parts.push(plural(m.context.dropped_messages, "older message"));
     notes.push(`To fit the model's context, ${parts.join(" and ")} ${m.context.dropped_images + m.context.dropped_messages > 1 ? "were" : "was"} left out.`);
   }
-  if (m.stopped) notes.push(m.text || m.reasoning ? "Stopped." : "Stopped before the answer began.");
+  const said = m.text || m.reasoning || m.toolCalls?.length;
+  if (m.stopped) notes.push(said ? "Stopped." : "Stopped before the answer began.");
   else if (m.partial && !streaming) notes.push("The page was closed before this answer finished.");
-  else if (m.role === "assistant" && !m.text && !m.reasoning && !m.error && !streaming) notes.push("No answer.");
+  else if (m.role === "assistant" && !said && !m.error && !streaming) notes.push("No answer.");
   if (m.finish === "length") notes.push("Cut off at the max-tokens limit (Settings).");
   if (m.error) notes.push(m.error);
   if (!notes.length) return null;
@@ -248,9 +289,15 @@ export class StreamView {
     if (!node) return;
     const m = this.message;
     const bubble = node.querySelector(".bubble");
-    if (m.text || m.reasoning) bubble.querySelector(".typing")?.remove();
+    if (m.text || m.reasoning || m.toolCalls?.length) bubble.querySelector(".typing")?.remove();
     if (m.reasoning) this.paintThinking(bubble);
     if (m.text) renderMarkdown(bubble.querySelector(".message-content"), m.text, { final: false });
+    if (m.toolCalls?.length) {   // arguments grow piece by piece: the list is drawn again
+      const calls = toolCallList(m.toolCalls);
+      const old = bubble.querySelector(".tool-calls");
+      if (old) old.replaceWith(calls);
+      else bubble.append(calls);
+    }
     follow();
   }
 

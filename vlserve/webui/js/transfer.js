@@ -33,7 +33,7 @@ function conversation(c) {
 }
 
 function message(m) {
-  if (!m || (m.role !== "user" && m.role !== "assistant")) return null;
+  if (!m || !["user", "assistant", "tool"].includes(m.role)) return null;
   const out = {
     id: typeof m.id === "string" && /^[\w-]{1,64}$/.test(m.id) ? m.id : newId(),
     role: m.role,
@@ -41,8 +41,16 @@ function message(m) {
     time: time(m.time, Date.now()),
   };
   const images = Array.isArray(m.images) ? m.images.map(image).filter(Boolean) : [];
-  if (images.length && m.role === "user") out.images = images;
+  if (images.length && m.role !== "assistant") out.images = images;
+  if (m.role === "tool") {
+    // a tool's result: which call it answers (our toolCallId, or OpenAI's tool_call_id)
+    const callId = m.toolCallId ?? m.tool_call_id;
+    if (typeof callId !== "string" || !callId) return null;
+    out.toolCallId = callId.slice(0, 200);
+  }
   if (m.role === "assistant") {
+    const calls = toolCalls(m.toolCalls ?? m.tool_calls);
+    if (calls.length) out.toolCalls = calls;
     for (const key of ["reasoning", "model", "note", "error", "finish"]) {
       if (typeof m[key] === "string") out[key] = m[key];
     }
@@ -53,6 +61,20 @@ function message(m) {
     if (m.context && typeof m.context === "object") out.context = numbers(m.context);
   }
   return out;
+}
+
+/** An assistant's calls: ours ({id, name, arguments}) or OpenAI's ({id, function: {...}}). */
+function toolCalls(list) {
+  if (!Array.isArray(list)) return [];
+  return list.map((c) => {
+    const f = c?.function ?? c;
+    if (typeof f?.name !== "string" || !f.name) return null;
+    return {
+      id: typeof c.id === "string" ? c.id.slice(0, 200) : newId(),
+      name: f.name.slice(0, 200),
+      arguments: typeof f.arguments === "string" ? f.arguments : JSON.stringify(f.arguments ?? {}),
+    };
+  }).filter(Boolean);
 }
 
 function image(i) {
