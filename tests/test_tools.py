@@ -9,11 +9,13 @@ without the constraint writes calls that are not (so these tests can fail)."""
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import itertools
 import json
 from typing import Literal
 
 import jsonschema
+import numpy as np
 import openai
 import pydantic
 import pytest
@@ -316,3 +318,73 @@ def test_the_log_counts_tools_and_never_names_them(server):
     log = server.log()
     assert f"tools={len(TOOLS)} tool_choice=required" in log
     assert "get_weather" not in log and "read_meter" not in log
+
+
+# ---- the parts, alone ------------------------------------------------------------------------
+
+ANSWER = ('Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "P}a\\"r"}}'
+          '\n</tool_call>\n<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>')
+
+
+def test_the_reader_gives_the_same_calls_however_the_text_is_cut():
+    from vlserve.chat.answer import shape_answer
+    whole = shape_answer(ANSWER, thinking=False, inline=False, calls=True)
+    assert whole.content == "Let me look." and whole.calls_complete
+    assert [c["function"] for c in whole.tool_calls] == [
+        {"name": "get_weather", "arguments": '{"city": "P}a\\"r"}'},
+        {"name": "now", "arguments": "{}"}]
+    for i, j in itertools.combinations(range(1, len(ANSWER)), 2):
+        reader = ToolCallReader()
+        deltas = [d for piece in (ANSWER[:i], ANSWER[i:j], ANSWER[j:])
+                  for d in reader.feed(piece)] + reader.finish()
+        assert [c["function"] for c in reader.calls] == [c["function"] for c in whole.tool_calls]
+        assert "".join(d.get("content", "") for d in deltas).strip() == "Let me look."
+        assert all(d["tool_calls"][0]["function"].get("arguments", "x")
+                   for d in deltas if "tool_calls" in d and "id" not in d["tool_calls"][0])
+
+
+def test_text_without_calls_is_the_content_as_written():
+    from vlserve.chat.answer import shape_answer
+    for text in ("", "  plain  \n", "a <tool_cal", "x < y and <b>", "<tool_call> not a call"):
+        shaped = shape_answer(text, thinking=False, inline=False, calls=True)
+        assert shaped.content == text and not shaped.tool_calls, text
+
+
+def test_a_thinking_models_calls_come_after_its_reasoning():
+    from vlserve.chat.answer import shape_answer
+    shaped = shape_answer("hmm, weather.</think>\n\n" + ANSWER, thinking=True, inline=False,
+                          calls=True)
+    assert shaped.reasoning == "hmm, weather." and len(shaped.tool_calls) == 2
+
+
+def guide_for(engine, body: dict):
+    from vlserve.chat.protocol import parse_chat_request
+    req = parse_chat_request({"messages": [user("x")], **body}, max_tokens_cap=100)
+    return engine.guides.new(req.params.constraint, after_thinking=False)
+
+
+def masked(guide, n_vocab: int) -> np.ndarray:
+    logits = np.zeros(n_vocab, dtype=np.float32)
+    guide.restrict(logits.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+    return np.flatnonzero(np.isinf(logits))
+
+
+def test_auto_is_free_until_the_trigger_then_held_and_none_bans_the_trigger(engine):
+    """On the tiny model's vocabulary (`<tool_call>` one token, as in Qwen's): auto masks
+    nothing until the model samples <tool_call>; then only what the grammar allows. none
+    masks exactly that one token."""
+    [trigger] = engine.guides.tokenizer().tokenize_bytes(b"<tool_call>")
+    n_vocab = engine.guides.n_vocab
+    auto = guide_for(engine, {"tools": TOOLS})
+    assert len(masked(auto, n_vocab)) == 0
+    for token in engine.guides.tokenizer().tokenize_bytes(b"Let me see. "):
+        auto.accept(token, engine.piece(token))
+        assert auto.waiting
+    auto.accept(trigger, b"<tool_call>")
+    assert not auto.waiting
+    allowed = set(range(n_vocab)) - set(masked(auto, n_vocab))
+    assert {engine.piece(t) for t in allowed} == {b"\n"}
+    none = guide_for(engine, {"tools": TOOLS, "tool_choice": "none"})
+    assert list(masked(none, n_vocab)) == [trigger]
+    required = guide_for(engine, {"tools": TOOLS, "tool_choice": "required"})
+    assert set(range(n_vocab)) - set(masked(required, n_vocab)) == {trigger}

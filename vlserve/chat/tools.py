@@ -167,7 +167,18 @@ def tools_constraint(tools: Tools) -> Constraint:
 
 # ---- the answer: content and calls -------------------------------------------------------
 
-_HEAD = re.compile(r'\s*\{"name": "((?:[^"\\]|\\.)*)", "arguments": ')
+# A call's head, exactly as the grammar writes it: the name is known once it is whole.
+_NAME_START, _NAME_END = '\n{"name": "', '", "arguments": '
+_HEAD = re.compile(re.escape(_NAME_START) + r"([a-zA-Z0-9_-]{1,64})" + re.escape(_NAME_END))
+
+
+def _may_become_head(text: str) -> bool:
+    """Whether `text` is the start of a call's head (more may make it whole)."""
+    if len(text) <= len(_NAME_START):
+        return _NAME_START.startswith(text)
+    name = re.match(r"[a-zA-Z0-9_-]*", text[len(_NAME_START):]).end()
+    return text.startswith(_NAME_START) and _NAME_END.startswith(
+        text[len(_NAME_START) + name:])
 
 
 def _holdback(text: str, tag: str) -> int:
@@ -227,14 +238,14 @@ class ToolCallReader:
     def _head(self, out: list[dict]) -> bool:
         match = _HEAD.match(self._held)
         if match is None:
-            if CLOSE in self._held:   # not a call in the format: it stays text
-                end = self._held.index(CLOSE) + len(CLOSE)
-                out.append({"content": OPEN + self._held[:end]})
-                self._held, self._state = self._held[end:], "text"
-                return True
-            return False
+            if _may_become_head(self._held):
+                return False
+            # "<tool_call>" written out as text (not the grammar's token): it stays text
+            out.append({"content": OPEN})
+            self._state = "text"
+            return True
         call = {"id": "call_" + secrets.token_hex(12), "type": "function",
-                "function": {"name": json.loads(f'"{match.group(1)}"'), "arguments": ""}}
+                "function": {"name": match.group(1), "arguments": ""}}
         self.calls.append(call)
         out.append({"tool_calls": [{"index": len(self.calls) - 1, **call,
                                     "function": dict(call["function"])}]})
