@@ -300,16 +300,21 @@ def test_openai_sdk_pydantic_function_tool_streamed_through_its_helper(server):
 def test_langchain_bind_tools(server):
     from langchain_core.messages import ToolMessage
     from langchain_openai import ChatOpenAI
-    llm = ChatOpenAI(base_url=server.url + "/v1", api_key="unused", model="tiny",
-                     max_tokens=200, temperature=1, max_retries=0)
-    bound = llm.bind_tools([Reading], tool_choice="required", parallel_tool_calls=False)
-    question = [("user", "Read the meter.")]
-    ai = bound.invoke(question)
-    assert ai.tool_calls and all(Reading(**c["args"]) for c in ai.tool_calls)
-    # the results go back as tool messages; the model answers (noise, but an answer)
-    results = [ToolMessage("recorded", tool_call_id=c["id"]) for c in ai.tool_calls]
-    follow = llm.bind_tools([Reading]).invoke([*question, ai, *results], max_tokens=5)
-    assert follow.response_metadata["finish_reason"] in ("length", "tool_calls", "stop")
+    for seed in range(6):
+        llm = ChatOpenAI(base_url=server.url + "/v1", api_key="unused", model="tiny",
+                         max_tokens=200, temperature=1, seed=seed, max_retries=0)
+        # strict: additionalProperties false (without it the schema allows any extra key,
+        # and this model's noise fills one until max_tokens)
+        bound = llm.bind_tools([Reading], tool_choice="required", parallel_tool_calls=False,
+                               strict=True)
+        question = [("user", "Read the meter.")]
+        ai = bound.invoke(question)
+        assert ai.tool_calls and not ai.invalid_tool_calls, ai
+        assert all(isinstance(Reading(**c["args"]), Reading) for c in ai.tool_calls)
+        # the results go back as tool messages; the model answers (noise, but an answer)
+        results = [ToolMessage("recorded", tool_call_id=c["id"]) for c in ai.tool_calls]
+        follow = llm.bind_tools([Reading]).invoke([*question, ai, *results], max_tokens=5)
+        assert follow.response_metadata["finish_reason"] in ("length", "tool_calls"), follow
 
 
 def test_the_log_counts_tools_and_never_names_them(server):
