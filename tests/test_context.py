@@ -35,6 +35,11 @@ def A(label, words=10):
     return msg("assistant", label, words)
 
 
+def T(label, words=10, img=0):
+    """A tool's result (a screenshot, with img=1)."""
+    return msg("tool", label, words, img)
+
+
 def label(m: Message) -> str:
     return m.parts[0].text.split()[0]
 
@@ -79,6 +84,12 @@ CASES = {
     "trailing assistant prefill kept (turns dropped)": (
         (S("s"), U("u1", img=1), A("a1"), U("u2"), A("p", 3)), 50, 0.25,
         "s u2 p", "", 1, 2),
+    # An agent's loop: one question, then calls and results. 382 tokens, budget 300: the
+    # excess 82 rounds up to 150, two images, the oldest: the question's photo and the
+    # first screenshot; the newest screenshot stays. Nothing after the question is dropped.
+    "an agent's screenshots oldest first, the newest kept": (
+        (S("s"), U("u1", img=1), A("c1"), T("t1", img=1), A("c2"), T("t2", img=1)), 300, 0.25,
+        "s u1 c1 t1 c2 t2", "u1 t1", 2, 0),
     "turn with several assistant messages dropped whole": (
         (S("s"), U("u1"), A("a1"), A("a1b"), U("u2"), A("a2"), U("u3")), 75, 0.1,
         "s u2 a2 u3", "", 0, 3),

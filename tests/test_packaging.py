@@ -89,7 +89,7 @@ def test_the_wheel_carries_the_page_the_demo_generator_and_the_benchmark(wheel):
     page = {f"vlserve/webui/{p.relative_to(PAGE)}" for p in PAGE.rglob("*") if p.is_file()}
     assert page and page <= names, sorted(page - names)
     assert {"vlserve/library/tinymodel.py", "vlserve/bench/__init__.py", "vlserve/__main__.py",
-            "vlserve/library/catalog.toml"} <= names
+            "vlserve/library/catalog.toml", "vlserve/library/qwen3vl-8b-instruct.jinja"} <= names
 
 
 def test_the_installed_program_serves_page_demo_and_chat_from_anywhere(installed, tmp_path):

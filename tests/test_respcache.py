@@ -74,6 +74,35 @@ def test_what_changes_the_answer_changes_the_key(cached):
     assert ask(client, seed=5, temperature=0.9).headers["X-Cache"] == "hit"      # …is deterministic
 
 
+def test_a_kept_tool_call_replays_with_its_calls_whole_or_streamed(cached):
+    """A kept answer holds the raw text: replayed, its calls are read again (fresh ids), and
+    other tools, or a call in the history, are another key."""
+    client, _ = cached
+    tool = {"type": "function", "function": {"name": "count", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["n"], "additionalProperties": False}}}
+    body = {"tools": [tool], "tool_choice": "required", "parallel_tool_calls": False,
+            "max_tokens": 40}
+    first = ask(client, **body).get_json()["choices"][0]
+    again = ask(client, **body)
+    assert again.headers["X-Cache"] == "hit"
+    choice = again.get_json()["choices"][0]
+    assert choice["finish_reason"] == first["finish_reason"] == "tool_calls"
+    [call], [kept] = choice["message"]["tool_calls"], first["message"]["tool_calls"]
+    assert call["function"] == kept["function"] and call["id"] != kept["id"]
+    r = ask(client, stream=True, **body)
+    events = [json.loads(line[6:]) for line in r.get_data(as_text=True).splitlines()
+              if line.startswith("data: {")]
+    deltas = [e["choices"][0]["delta"] for e in events if e.get("choices")]
+    assert r.headers["X-Cache"] == "hit"
+    assert [d["tool_calls"][0]["function"] for d in deltas if "tool_calls" in d] == [
+        kept["function"]]
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    other = {**tool, "function": {**tool["function"], "name": "tally"}}
+    assert ask(client, **{**body, "tools": [other], "tool_choice": "required"}).headers[
+        "X-Cache"] == "miss"
+
+
 @pytest.mark.parametrize("sampling", [{"temperature": 0.8}, {"temperature": 1, "seed": -1},
                                       {"temperature": 1, "seed": -7}])
 def test_random_sampling_is_never_cached(cached, sampling):

@@ -87,8 +87,10 @@ def collect(response: requests.Response, stream: bool) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    s = LiveServer(tiny_model, "--parallel", "4", "--queue-size", "16",
+def server(real_model, tmp_path_factory):
+    """The tiny model with Qwen3-VL's own chat template (which also opens <tool_call> by
+    itself: a token the JSON grammar never allows)."""
+    s = LiveServer(real_model, "--parallel", "4", "--queue-size", "16",
                    log_path=tmp_path_factory.mktemp("structured") / "server.log")
     yield s
     s.stop()

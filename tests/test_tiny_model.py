@@ -11,7 +11,6 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from vlserve.library.tinymodel import make_model
 
@@ -77,15 +76,18 @@ def test_output_head_bans_non_printable_tokens(tiny):
 
 
 def test_chat_template_renders_images_and_text(tiny):
+    """The generated model carries Qwen3-VL's own template: rendered as transformers does."""
+    from transformers.utils.chat_template_utils import render_jinja_template
     text, _ = tiny
-    template = ImmutableSandboxedEnvironment().from_string(field(text, "tokenizer.chat_template"))
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "What is "},
                                      {"type": "image_url", "image_url": {"url": "x"}},
                                      {"type": "image"}]},
     ]
-    assert template.render(messages=messages, add_generation_prompt=True) == (
+    [rendered], _ = render_jinja_template([messages], chat_template=field(
+        text, "tokenizer.chat_template"), add_generation_prompt=True)
+    assert rendered == (
         "<|im_start|>system\nBe brief.<|im_end|>\n"
         "<|im_start|>user\nWhat is <|vision_start|><|image_pad|><|vision_end|>"
         "<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n"
@@ -99,6 +101,14 @@ REAL_TEMPLATE_SHA256 = "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc752673459462
 
 def test_the_real_template_fixture_is_the_shipped_one_byte_for_byte():
     assert sha256(REAL_TEMPLATE) == REAL_TEMPLATE_SHA256 and REAL_TEMPLATE.stat().st_size == 5292
+
+
+def test_the_generated_models_carry_that_template(tiny):
+    """The demo and test models' default template is the same file, packaged."""
+    from vlserve.library import tinymodel
+    packaged = Path(tinymodel.__file__).parent / "qwen3vl-8b-instruct.jinja"
+    assert sha256(packaged) == REAL_TEMPLATE_SHA256
+    assert field(tiny[0], "tokenizer.chat_template") == REAL_TEMPLATE.read_text()
 
 
 def test_a_given_template_is_embedded_with_the_tool_tokens(tmp_path):

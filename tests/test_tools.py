@@ -393,3 +393,34 @@ def test_auto_is_free_until_the_trigger_then_held_and_none_bans_the_trigger(engi
     assert list(masked(none, n_vocab)) == [trigger]
     required = guide_for(engine, {"tools": TOOLS, "tool_choice": "required"})
     assert set(range(n_vocab)) - set(masked(required, n_vocab)) == {trigger}
+
+
+def test_a_template_without_a_tools_section_is_told_not_hidden(settings, tmp_path):
+    """A GGUF whose template never writes the tools (plain ChatML) would leave the model
+    blind to them: tools are then a 400 naming `tools` (none passes); /v1/models says so."""
+    from vlserve.chat.protocol import parse_chat_request
+    from vlserve.chat.template import CHATML
+    from vlserve.engine.llama import LlamaEngine
+    from vlserve.errors import InvalidRequestError
+    from vlserve.library.tinymodel import make_model
+    model, mmproj = make_model(tmp_path, template=CHATML, name="plain-chatml")
+    engine = LlamaEngine(settings.replace(model=str(model), mmproj=str(mmproj)))
+    try:
+        assert engine.info["tools"] is False
+        for choice, fails in (("auto", True), ("required", True), ("none", False)):
+            req = parse_chat_request({"messages": [user("x")], "tools": TOOLS,
+                                      "tool_choice": choice}, max_tokens_cap=100)
+            if fails:
+                with pytest.raises(InvalidRequestError, match="no tools section") as err:
+                    engine.prepare(req, [])
+                assert err.value.param == "tools"
+            else:
+                engine.prepare(req, []).close()
+    finally:
+        engine.close()
+
+
+def test_the_model_card_says_it_takes_tools(server):
+    [card] = [c for c in requests.get(server.url + "/v1/models", timeout=10).json()["data"]
+              if c["loaded"]]
+    assert card["capabilities"]["tools"] is True

@@ -17,7 +17,8 @@ turns   a 4-turn conversation about one photo (turn 1: image + question; turns 2
         against vlserve and, one after the other, against llama.cpp's `llama-server` and
         llama-cpp-python's server (`--peers`). Only one server runs at a time.
 gateway, parallel: the cost of forwarding; several streams at once (see scenarios.py).
-structured  the cost of a json_schema response_format, vlserve and llama-server (structured.py).
+structured  the cost of a json_schema response_format, vlserve and llama-server, and of tool
+            calls on vlserve (structured.py).
 
 Results print as Markdown tables and JSON.
 """

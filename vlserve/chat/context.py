@@ -5,9 +5,11 @@ is recomputed from scratch. Dropping "just enough" would change the prompt's pre
 every turn and throw away the KV cache each time, so we drop in blocks (a fraction of the
 budget): the decision only moves when the conversation has grown by about a block.
 
-Order of sacrifice: images in the history (oldest first, each replaced in place by a short
-placeholder), then whole turns of the history (oldest first). The leading system messages
-and the last user message (with whatever follows it) are never touched.
+Order of sacrifice: images (oldest first, each replaced in place by a short placeholder),
+then whole turns of the history (oldest first). The leading system messages and the last
+user message with whatever follows it are never dropped; of those, only the images before
+the last message may be replaced: an agent's loop (one question, then calls and tool results
+with a screenshot each) keeps its newest screenshots, not its oldest.
 """
 
 from __future__ import annotations
@@ -65,31 +67,32 @@ def strip_thinking(messages: Messages) -> Messages:
 @dataclass(frozen=True)
 class _Layout:
     head: Messages                      # leading system messages: protected
-    history: Messages                   # what may be dropped
-    tail: Messages                      # the last user message and after: protected
-    images: tuple[tuple[int, int], ...]  # (message, part) of each history image, oldest first
+    body: Messages                      # the history (what may be dropped), then the tail
+    n_history: int                      # (the tail: the last user message and after)
+    images: tuple[tuple[int, int], ...]  # (body message, part) of each replaceable image,
+                                         # oldest first: all but the last message's
     turns: tuple[int, ...]              # history index where each turn starts
 
     @classmethod
     def of(cls, messages: Messages) -> _Layout:
         n_sys = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
         last = max(_last_user(messages), n_sys)  # no user message: nothing is droppable
-        history = messages[n_sys:last]
-        images = tuple((i, j) for i, m in enumerate(history)
+        body = messages[n_sys:]
+        images = tuple((i, j) for i, m in enumerate(body[:-1])
                        for j, p in enumerate(m.parts) if isinstance(p, ImagePart))
         # A turn starts at each user message; an orphan assistant at the start is its own.
-        turns = tuple(i for i, m in enumerate(history) if i == 0 or m.role == "user")
-        return cls(messages[:n_sys], history, messages[last:], images, turns)
+        turns = tuple(i for i, m in enumerate(body[:last - n_sys]) if i == 0 or m.role == "user")
+        return cls(messages[:n_sys], body, last - n_sys, images, turns)
 
     def build(self, n_images: int, n_turns: int) -> Messages:
         """The conversation with the oldest n_images replaced and the oldest n_turns removed."""
-        history = list(self.history)
+        body = list(self.body)
         for i, j in self.images[:n_images]:
-            parts = list(history[i].parts)
+            parts = list(body[i].parts)
             parts[j] = TextPart(PLACEHOLDER)
-            history[i] = replace(history[i], parts=tuple(parts))
-        start = self.turns[n_turns] if n_turns < len(self.turns) else len(history)
-        return self.head + tuple(history[start:]) + self.tail
+            body[i] = replace(body[i], parts=tuple(parts))
+        start = self.turns[n_turns] if n_turns < len(self.turns) else self.n_history
+        return self.head + tuple(body[start:])
 
 
 def _smallest(n: int, tokens: Callable[[int], int], target: float) -> int:

@@ -80,6 +80,16 @@ class ChatTemplate:
         except jinja2.TemplateError as exc:
             raise TemplateError(f"the chat template failed on this conversation: {exc}") from exc
 
+    def renders_tools(self) -> bool:
+        """Whether the template writes the tools it is given into the prompt (Qwen3-VL's
+        have a tools section; a template without one would hide them from the model)."""
+        probe = Tools(({"type": "function", "function": {"name": "vlserve_probe_tool"}},))
+        try:
+            return "vlserve_probe_tool" in self.render(
+                (Message("user", (TextPart("Hi"),)),), "", probe)
+        except InvalidRequestError:
+            return False
+
     def render_segments(self, messages: tuple[Message, ...], marker: str,
                         controls: Sequence[str], tools: Tools | None = None
                         ) -> list[tuple[str, bool]]:

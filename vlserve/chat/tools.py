@@ -149,7 +149,9 @@ def tools_constraint(tools: Tools) -> Constraint:
         function = tool["function"]
         if tools.name is not None and function["name"] != tools.name:
             continue
-        schema = dict(function.get("parameters") or EMPTY_PARAMETERS)
+        parameters = function.get("parameters")
+        schema = dict(EMPTY_PARAMETERS if parameters is None else parameters)
+        schema.setdefault("type", "object")   # the call's format needs an object
         schema["x-guidance"] = {**QWEN_JSON, "lenient": function.get("strict") is not True}
         head = _lark_string('\n{"name": "' + function["name"] + '", "arguments": ')
         rules.append(f'call_{i}: <tool_call> {head} args_{i} "}}\\n" </tool_call>')

@@ -26,9 +26,7 @@ from ..errors import InternalError, InvalidRequestError
 
 THINK_END = b"</think>"
 TOOL_CALL = b"<tool_call>"   # opens a tool call (chat.tools)
-
-
-THINKING, FREE, HELD = "thinking", "free", "held"
+THINKING, FREE, HELD = "thinking", "free", "held"   # a Guide's phases
 
 
 class Guide:
@@ -45,8 +43,10 @@ class Guide:
         if constraint.grammar is not None:
             self.matcher = llguidance.LLMatcher(tokenizer, constraint.grammar)
             if self.matcher.is_error():   # compiled against the model's tokens: refused late
+                # (the error's first line: the rest quotes the grammar, client content)
                 raise InvalidRequestError(f"the {constraint.param} cannot be enforced with "
-                                          f"this model: {self.matcher.get_error()}",
+                                          f"this model: "
+                                          f"{self.matcher.get_error().splitlines()[0]}",
                                           param=constraint.param)
         self.n_vocab = n_vocab
         self.mask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)   # a bit per token
@@ -90,7 +90,6 @@ class Guide:
                 return
             self.phase = HELD   # the call opened: the trigger is the grammar's first token
         if not self.matcher.consume_token(token):
-            # (the error's first line: the rest quotes the grammar, which is client content)
             raise InternalError(f"the answer left its {self.param}: "
                                 f"{self.matcher.get_error().splitlines()[0]}")
 

@@ -184,7 +184,7 @@ class LlamaEngine:
             "n_params": self._model.n_params(), "size_bytes": self._model.size(),
             "gpu_offload": llama_cpp.llama_supports_gpu_offload(),
             "n_gpu_layers": self.n_gpu_layers, "thinking": self.opens_thinking,
-            "vision": True, "load_seconds": round(self.load_seconds, 3),
+            "tools": self.renders_tools, "vision": True, "load_seconds": round(self.load_seconds, 3),
         }
         log.info("loaded %s (%s, n_ctx=%d) in %.2fs", self.model_id,
                  self.info["architecture"], self.n_ctx, self.load_seconds)
@@ -221,6 +221,7 @@ class LlamaEngine:
         # starts inside the reasoning block (see reasoning.py).
         probe = (Message("user", (TextPart("Hi"),)),)
         self.opens_thinking = template_opens_thinking(self._template.render(probe, self._marker))
+        self.renders_tools = self._template.renders_tools()
 
     def _open_model(self, settings: Settings, n_gpu_layers: int) -> int:
         """Model and context with `n_gpu_layers` offloaded (either may run out of GPU
@@ -290,6 +291,10 @@ class LlamaEngine:
         return buf.raw[:n]
 
     def prepare(self, request: ChatRequest, images: list[PreparedImage]) -> Prompt:
+        if request.tools and request.tools.calls and not self.renders_tools:
+            raise InvalidRequestError(
+                "this model's chat template has no tools section: the model would never "
+                "see the tools (tool_choice none is accepted)", param="tools")
         segments = self._template.render_segments(request.messages, self._marker,
                                                   self._controls, request.tools)
         prompt = self._to_prompt(self._tokenize_segments(segments, images))

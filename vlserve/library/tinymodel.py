@@ -2,9 +2,9 @@
 the model of the tests and benchmarks.
 
 The files use the real Qwen3-VL layout (`qwen3vl` text architecture, `qwen3vl_merger`
-projector with deepstack layers, byte-level BPE vocab with the Qwen special tokens and a
-ChatML template), so llama.cpp runs its real code paths on them; only the weights are
-random.  Generated text is gibberish, but always printable ASCII (see `output_head`).
+projector with deepstack layers, byte-level BPE vocab with the Qwen special tokens and the
+chat template of the official Qwen3-VL-8B-Instruct GGUF, tools section included), so
+llama.cpp and vlserve run their real code paths on them; only the weights are random.  Generated text is gibberish, but always printable ASCII (see `output_head`).
 
     python -m vlserve.library.tinymodel [--out-dir models/tiny] [--preset tiny|small|bench]
                                         [--thinking] [--quant f32|f16|q8_0|q4_0] [--seed 0]
@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import gguf
@@ -43,7 +44,7 @@ FILE_TYPES = {
 F32 = gguf.GGMLQuantizationType.F32
 # Raised whenever a change here changes the files written: the demo model's file names carry
 # it, so an older demo model on disk is not taken for the current one (it is made again).
-GENERATOR_VERSION = 2   # 2: the tool-call tokens
+GENERATOR_VERSION = 3   # 2: the tool-call tokens; 3: Qwen3-VL's own chat template
 DEMO_NAME = f"vlserve-demo-g{GENERATOR_VERSION}"
 
 
@@ -139,35 +140,17 @@ SPECIAL_TOKENS = [
     ("</tool_response>", USER_DEFINED),
 ]
 
-# ChatML as Qwen3-VL renders it: string content as text, content lists part by part with
-# images/videos as vision placeholders.
-CHAT_TEMPLATE = """\
-{%- for message in messages -%}
-{{- '<|im_start|>' + message['role'] + '\\n' -}}
-{%- if message['content'] is string -%}
-{{- message['content'] -}}
-{%- elif message['content'] is not none -%}
-{%- for part in message['content'] -%}
-{%- if part.get('type') in ('image', 'image_url') or 'image' in part or 'image_url' in part -%}
-{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}
-{%- elif part.get('type') == 'video' or 'video' in part -%}
-{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}
-{%- elif 'text' in part -%}
-{{- part['text'] -}}
-{%- endif -%}
-{%- endfor -%}
-{%- endif -%}
-{{- '<|im_end|>\\n' -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-{{- '<|im_start|>assistant\\n' -}}
-{%- endif -%}
-"""
+# The `tokenizer.chat_template` of the official Qwen3-VL-8B-Instruct GGUF
+# (Qwen/Qwen3-VL-8B-Instruct-GGUF, Apache-2.0), byte for byte (tests/fixtures/README.md has
+# its hash): ChatML with Qwen's tools section, tool calls and `tool` role.
+CHAT_TEMPLATE = resources.files(__package__).joinpath("qwen3vl-8b-instruct.jinja").read_text(
+    encoding="utf-8")
 
 # Qwen3-VL *Thinking* models open the reasoning block in the generation prompt, so their
 # output starts inside it and carries only the closing tag.
-THINKING_TEMPLATE = CHAT_TEMPLATE.replace("'<|im_start|>assistant\\n'",
-                                          "'<|im_start|>assistant\\n<think>\\n'")
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace("{{- '<|im_start|>assistant\\n' }}",
+                                          "{{- '<|im_start|>assistant\\n<think>\\n' }}")
+assert THINKING_TEMPLATE != CHAT_TEMPLATE
 
 
 def byte_to_unicode() -> dict[int, str]:

@@ -72,6 +72,7 @@ def _model_card(model: LocalModel) -> dict:
         card["meta"] = view["info"]
         # what the loaded template does beats what the file name suggests
         card["capabilities"]["thinking"] = bool(view["info"].get("thinking", model.thinking))
+        card["capabilities"]["tools"] = bool(view["info"].get("tools"))
     return card
 
 

@@ -181,7 +181,11 @@ def _schemas() -> dict:
                      "description": "Upstream models: every upstream serving it."},
         "replicas": {"type": "array", "items": object_schema(
             {"backend": STRING, "kind": STRING, "up": BOOL, "in_flight": COUNT})},
-        "capabilities": object_schema({"vision": BOOL, "completion": BOOL, "thinking": BOOL}),
+        "capabilities": object_schema(
+            {"vision": BOOL, "completion": BOOL, "thinking": BOOL, "tools": {
+                "type": "boolean", "description": "The loaded model's chat template shows it "
+                "the tools (given for the loaded model only)."}},
+            ["vision", "completion", "thinking"]),
         "loaded": {"type": "boolean", "description": "The model in memory."},
         "status": {"type": "string",
                    "description": "`available`, or for the loaded model the server's state "

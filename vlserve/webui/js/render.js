@@ -230,7 +230,7 @@ function setActions(node, m, { ctx, isLast, isLastUser }) {
 
 function actionButton(kind, m, ctx, node) {
   if (kind === "copy") {
-    const b = iconButton("copy", m.role === "user" ? "Copy message" : "Copy answer", { "data-testid": "copy-button" });
+    const b = iconButton("copy", m.role === "assistant" ? "Copy answer" : "Copy message", { "data-testid": "copy-button" });
     b.addEventListener("click", async () => flashCopied(b, await copyText(m.text)));
     return b;
   }
