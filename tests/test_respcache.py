@@ -82,7 +82,7 @@ def test_a_kept_tool_call_replays_with_its_calls_whole_or_streamed(cached):
         "type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
         "required": ["n"], "additionalProperties": False}}}
     body = {"tools": [tool], "tool_choice": "required", "parallel_tool_calls": False,
-            "max_tokens": 40}
+            "max_tokens": 100}
     first = ask(client, **body).get_json()["choices"][0]
     again = ask(client, **body)
     assert again.headers["X-Cache"] == "hit"
