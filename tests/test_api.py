@@ -174,6 +174,21 @@ def test_bad_input_gets_a_clear_error_and_server_stays_healthy(client, name, bod
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize("max_tokens", [N_CTX, 10_000_000])
+def test_a_max_tokens_the_context_cannot_hold_is_named_with_what_fits(client, max_tokens):
+    """Not "the message needs 18 tokens but only -9991808 fit": max_tokens is what does not
+    fit, and the error says how many would."""
+    err = assert_error(client.post(CHAT, json={"messages": [user("hi")],
+                                               "max_tokens": max_tokens}), 400)
+    assert err["param"] == "max_tokens" and err["code"] == "context_length_exceeded"
+    room = int(err["message"].rsplit("at most ", 1)[1])
+    assert 0 < room < N_CTX and "-" not in err["message"]
+    ok = client.post(CHAT, json={"messages": [user("hi")], "max_tokens": room})
+    assert ok.status_code == 200, ok.get_json()
+    over = client.post(CHAT, json={"messages": [user("hi")], "max_tokens": room + 1})
+    assert over.status_code == 400 and over.get_json()["error"]["param"] == "max_tokens"
+
+
 def test_context_error_has_the_openai_code(client):
     err = assert_error(client.post(CHAT, json={"messages": [user("word " * N_CTX)]}), 400)
     assert err["code"] == "context_length_exceeded"

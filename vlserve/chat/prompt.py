@@ -66,12 +66,27 @@ def prepare(req: ChatRequest, engine: PromptModel, images) -> tuple[Any, Fit | N
 
 def fit_to_context(req: ChatRequest, engine: PromptModel, images, reserve: int) -> Fit:
     """The conversation fitted into the context, leaving `reserve` tokens for the answer.
-    A last message that cannot fit is refused here, before any image is encoded."""
-    try:
-        return fit_messages(req.messages, budget=engine.n_ctx - reserve,
+    A last message that cannot fit is refused here, before any image is encoded; so is a
+    max_tokens that leaves the conversation no room (naming max_tokens, with what fits)."""
+    def fit(budget: int) -> Fit:
+        return fit_messages(req.messages, budget=budget,
                             count_tokens=lambda msgs: engine.count_tokens(msgs, images,
                                                                          req.tools))
+    try:
+        return fit(engine.n_ctx - reserve)
     except ContextLengthError as exc:
-        raise ContextLengthError(
-            f"{exc.message}: the context is {engine.n_ctx} tokens and {reserve} of them are "
-            "kept for the answer (max_tokens)", param=exc.param) from None
+        refused = exc
+    if req.params.max_tokens is not None:   # would a smaller max_tokens let it fit?
+        try:
+            room = engine.n_ctx - fit(engine.n_ctx - 1).prompt_tokens
+        except ContextLengthError as exc:   # no: the conversation alone is too long
+            if reserve >= engine.n_ctx:    # (said with a budget that is not negative)
+                refused, reserve = exc, 1
+        else:
+            raise ContextLengthError(
+                f"max_tokens is {req.params.max_tokens}, but the context is {engine.n_ctx} "
+                f"tokens and this conversation needs {engine.n_ctx - room} of them: ask for "
+                f"at most {room}", param="max_tokens")
+    raise ContextLengthError(
+        f"{refused.message}: the context is {engine.n_ctx} tokens and {reserve} of them are "
+        "kept for the answer (max_tokens)", param=refused.param)
