@@ -90,6 +90,23 @@ def real_model(tmp_path_factory) -> tuple[str, str]:
     return str(model), str(mmproj)
 
 
+@pytest.fixture(scope="module")
+def real_server(real_model, tmp_path_factory):
+    """`real_model` served for a module's many batched requests (4 sequences, room to queue)."""
+    s = LiveServer(real_model, "--parallel", "4", "--queue-size", "16",
+                   log_path=tmp_path_factory.mktemp("real-server") / "server.log")
+    yield s
+    s.stop()
+
+
+def ask_ok(server, body: dict) -> requests.Response:
+    """A chat request that must succeed (streamed when the body says so)."""
+    r = requests.post(server.url + "/v1/chat/completions", json=body, timeout=120,
+                      stream=body.get("stream"))
+    assert r.status_code == 200, r.text
+    return r
+
+
 @pytest.fixture(scope="session")
 def settings(tiny_model, tmp_path_factory) -> Settings:
     model, mmproj = tiny_model

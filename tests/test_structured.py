@@ -21,7 +21,7 @@ import pydantic
 import pytest
 import requests
 
-from conftest import LiveServer, data_url, user
+from conftest import LiveServer, ask_ok as ask, data_url, user
 from vlserve.chat.protocol import parse_chat_request
 from vlserve.errors import InternalError
 from vlserve.library.tinymodel import make_model
@@ -87,19 +87,8 @@ def collect(response: requests.Response, stream: bool) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(real_model, tmp_path_factory):
-    """The tiny model with Qwen3-VL's own chat template (which also opens <tool_call> by
-    itself: a token the JSON grammar never allows)."""
-    s = LiveServer(real_model, "--parallel", "4", "--queue-size", "16",
-                   log_path=tmp_path_factory.mktemp("structured") / "server.log")
-    yield s
-    s.stop()
-
-
-def ask(server, body: dict) -> requests.Response:
-    r = requests.post(server.url + CHAT, json=body, timeout=120, stream=body.get("stream"))
-    assert r.status_code == 200, r.text
-    return r
+def server(real_server):
+    return real_server
 
 
 def test_every_answer_to_every_schema_is_valid_streamed_or_not_batched_with_images(server):
