@@ -231,7 +231,8 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
         raise
     finally:
         _abandon(job)  # a no-op after the end; frees the queue place or sequence if not
-        thinking = bool(job.prompt and job.prompt.thinking)
-        record_content(req, reply.prep.images, shape_answer(
-            "".join(raw), thinking, reply.reasoning_inline, reply.calls))
+        if state.get()["settings"].log_content:   # the stream's whole answer: only for it
+            thinking = bool(job.prompt and job.prompt.thinking)
+            record_content(req, reply.prep.images, shape_answer(
+                "".join(raw), thinking, reply.reasoning_inline, reply.calls))
         finish_request(status)
