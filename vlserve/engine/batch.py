@@ -25,6 +25,16 @@ N of them. By default in one unified buffer (copies between sequences only touch
 metadata, and a lone request decodes as fast as with one sequence); with
 `kv_unified=False` each sequence has its own stream (a copy then copies a whole stream).
 One worker thread drives a Batcher.
+
+Background prefills (prefill while typing: a `Sequence` with `background=True`) evaluate a
+draft conversation into a sequence and stop there, nothing sampled. They are guests:
+- a request takes any sequence a prefill holds as if it were free; when that prefill was
+  of its own conversation it continues from where the prefill got to (`taken_over`);
+- a prefill gets a free sequence only if it would not evict the KV of a real request that
+  ended less than `settings.prefill_protect` seconds ago (extending that KV is fine);
+- while requests run, a prefill's images wait (a vision encode cannot be cut, and would
+  stall their tokens for its whole length), and its text goes only into the spare room of
+  a step, at most BACKGROUND_SHARE of the engine's time (`_Credit`).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from ..chat.textstream import TextStream
 
 COPY_MIN = 32        # shared tokens worth copying from another sequence instead of evaluating
 RATE_WINDOW = 10     # seconds over which the aggregate tokens/s is measured
+BACKGROUND_SHARE = 0.15   # of the engine's time that prefills may take while requests run
 
 
 class RateWindow:
@@ -72,13 +83,45 @@ class RateWindow:
         return total / self.window
 
 
+class _Credit:
+    """How much background prompt work may join the next steps while requests run: a token
+    bucket in seconds. Real work earns BACKGROUND_SHARE / (1 - BACKGROUND_SHARE) of its
+    time; a background token costs the seconds per prompt token measured on steps that held
+    prompt tokens only. Measured rather than fixed because that cost is ~20 ms on a 2-core
+    CPU and ~0.1 ms on a GPU: a fixed slice would either stall a CPU or idle a GPU."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.per_token: float | None = None   # seconds per prompt token (moving average)
+
+    def tokens(self, room: int) -> int:
+        if self.per_token is None:
+            return min(room, 1)                # unmeasured: one token, and measure it
+        return max(0, min(room, int(self.seconds / self.per_token)))
+
+    def after_step(self, seconds: float, *, n_prompt: int, n_background: int, real: bool,
+                   generating: bool) -> None:
+        if not generating and n_prompt >= 16:  # prompt tokens only: learn their cost
+            sample = seconds / n_prompt
+            self.per_token = sample if self.per_token is None else \
+                0.8 * self.per_token + 0.2 * sample
+        if not real:
+            self.seconds = 0.0                 # nothing to be fair to
+            return
+        cost = n_background * (self.per_token or seconds)
+        earned = max(0.0, seconds - cost) * BACKGROUND_SHARE / (1 - BACKGROUND_SHARE)
+        cap = 64 * (self.per_token or 0.0)     # no bursts after a long quiet spell
+        self.seconds = min(cap, self.seconds + earned - cost)
+
+
 @dataclass
 class Sequence:
     """One request as the batcher sees it: what to run, when to give up, where events go."""
     prompt: object                       # engine.Prompt
-    params: SamplingParams
+    params: SamplingParams               # a prefill's are never used
     stop: Callable[[], bool]             # the client left or the deadline passed
     emit: Callable[[object], None]       # Delta | Finished | an exception
+    background: bool = False             # a prefill: evaluate the prompt, sample nothing
 
 
 class _Slot:
@@ -89,6 +132,7 @@ class _Slot:
         self.kv = KVRecord()
         self.req: Sequence | None = None
         self.last_used = 0.0
+        self.real_used = float("-inf")   # when a real request last held it (prefill_protect)
         self.admitted = 0.0
 
     def start(self, req: Sequence, skip: int) -> None:
@@ -108,6 +152,15 @@ class _Slot:
     def prefilling(self) -> bool:
         return self.req is not None and self.cursor < len(self.req.prompt.units)
 
+    @property
+    def real(self) -> bool:
+        """Serving a request (not a background prefill)."""
+        return self.req is not None and not self.req.background
+
+    @property
+    def guest(self) -> bool:
+        return self.req is not None and self.req.background
+
 
 class Batcher:
     def __init__(self, engine, n_seq: int, *, unified: bool):
@@ -120,21 +173,28 @@ class Batcher:
         # for /metrics: decode steps, the tokens and sequences in them, tokens generated
         self.steps = self.step_tokens = self.step_sequences = 0
         self.generated = RateWindow()
+        self._credit = _Credit()
 
     # -- what the worker asks --
 
     @property
     def active(self) -> int:
-        return sum(s.req is not None for s in self.slots)
+        """Requests running (background prefills are not counted: they give way)."""
+        return sum(s.real for s in self.slots)
+
+    @property
+    def background(self) -> int:
+        return sum(s.guest for s in self.slots)
 
     @property
     def free(self) -> int:
+        """Sequences a request may take now (a prefill's included)."""
         return len(self.slots) - self.active
 
     @property
     def starting(self) -> int:
         """Requests admitted whose prompt has not begun: their first slice is still to come."""
-        return sum(s.prefilling and s.cursor == s.first for s in self.slots)
+        return sum(s.real and s.prefilling and s.cursor == s.first for s in self.slots)
 
     def stats(self) -> dict:
         """For /metrics (any thread): sequences, decode steps, the tokens and sequences in
@@ -143,20 +203,36 @@ class Batcher:
                 "step_tokens": self.step_tokens, "step_sequences": self.step_sequences,
                 "tokens_per_second": self.generated.rate()}
 
-    def admit(self, req: Sequence) -> None:
+    def admit(self, req: Sequence) -> bool:
         """Give the request the free slot that shares the most with its prompt (copying a
-        longer shared prefix from another slot when there is one). There must be one free."""
+        longer shared prefix from another slot when there is one). A request may take a
+        prefill's slot (continuing from its KV when the prefill was of this conversation);
+        there must be one free. A prefill takes only a free slot it may evict: False when
+        there is none."""
         with self._lock:
+            for slot in self.slots:   # superseded prefills give their slots back first
+                if slot.req is not None and slot.req.stop():
+                    self._finish(slot, "cancelled")
             units = req.prompt.units
             piece = lambda i: self.engine.piece(units[i], special=True)  # noqa: E731
             plans = {s: self._plan(s, units, piece) for s in self.slots}
-            free = [s for s in self.slots if s.req is None]
-            if not free:   # the worker admits only while `free`; say so if a caller did not
-                raise InternalError("no free sequence for the request")
+            if req.background:
+                protect = time.monotonic() - self.engine.settings.prefill_protect
+                free = [s for s in self.slots if s.req is None
+                        and (s.real_used < protect or plans[s][0] == len(s.kv.units))]
+                if not free:
+                    return False
+            else:
+                free = [s for s in self.slots if not s.real]
+                if not free:   # the worker admits only while `free`; say so if a caller did not
+                    raise InternalError("no free sequence for the request")
             # the free slot where this prompt saves the most, net of the cached tokens it
-            # would throw away (another conversation's cache is worth keeping); then LRU
+            # would throw away (another conversation's cache is worth keeping); an idle one
+            # before a prefill's; then LRU
             slot = max(free, key=lambda s: (plans[s][1] - (len(s.kv.units) - plans[s][0]),
-                                            -s.last_used))
+                                            s.req is None, -s.last_used))
+            if slot.req is not None:   # a prefill's: it ends here, its KV stays
+                self._finish(slot, "taken_over")
             donor = max((s for s in self.slots if s is not slot), key=lambda s: plans[s][1],
                         default=None)
             if donor is not None and plans[donor][1] >= plans[slot][1] + COPY_MIN:
@@ -168,6 +244,7 @@ class Batcher:
                 self._forget(slot)   # memory that cannot be cut (recurrent models): start over
                 skip = 0
             slot.start(req, skip)
+            return True
 
     def step(self) -> None:
         """One round: every active request advances by a token or a prompt slice."""
@@ -179,12 +256,19 @@ class Batcher:
             items, owners = self._build()
             if not items:
                 return
+            t0 = time.monotonic()
             try:
                 self.engine.decode(items)
             except Exception as exc:   # the KV of every sequence in the batch is in doubt
                 for slot in {s for s, _ in owners}:
                     self._fail(slot, exc)
                 return
+            kinds = [(slot.real, kind) for slot, (kind, _) in owners]
+            self._credit.after_step(time.monotonic() - t0,
+                                    n_prompt=sum(k == "pre" for _, k in kinds),
+                                    n_background=sum(not r for r, _ in kinds),
+                                    real=any(r for r, _ in kinds),
+                                    generating=any(k == "gen" for _, k in kinds))
             self.steps += 1
             self.step_tokens += len(items)
             self.step_sequences += len({s for s, _ in owners})
@@ -231,9 +315,12 @@ class Batcher:
     # -- one step --
 
     def _image_step(self) -> None:
-        """The next image of the first (oldest) prompt that has reached one."""
+        """The next image of the first (oldest) prompt that has reached one; a prefill's
+        only while no request runs."""
         waiting = [s for s in self.slots if s.prefilling
                    and isinstance(s.req.prompt.units[s.cursor], ImageUnit)]
+        if any(s.real for s in self.slots):
+            waiting = [s for s in waiting if s.real]
         if not waiting:
             return
         slot = min(waiting, key=lambda s: s.admitted)
@@ -262,12 +349,19 @@ class Batcher:
         room = n_batch - len(items)
         if generating:   # a long new prompt comes in slices: the others keep their pace
             room = min(room, self.engine.settings.n_ubatch)
-        for slot in sorted((s for s in self.slots if s.prefilling), key=lambda s: s.admitted):
+        # requests' prompts first, then prefills' (within the credit while requests run)
+        prefilling = sorted((s for s in self.slots if s.prefilling),
+                            key=lambda s: (s.guest, s.admitted))
+        real = any(s.real for s in self.slots)
+        for slot in prefilling:
+            if slot.guest and real:
+                room = self._credit.tokens(room)
+                real = False   # the credit is for all prefills together
             units, pos = slot.req.prompt.units, slot.kv.end
             j = slot.cursor
             while j < len(units) and room > 0 and not isinstance(units[j], ImageUnit):
                 last = j == len(units) - 1
-                items.append((units[j], pos, slot.seq_id, last))
+                items.append((units[j], pos, slot.seq_id, last and slot.real))
                 owners.append((slot, ("pre", last)))
                 pos, j, room = pos + 1, j + 1, room - 1
         return items, owners
@@ -283,7 +377,10 @@ class Batcher:
             else:
                 slot.kv.append(token, 1)
                 slot.cursor += 1
-                if extra:   # the prompt's last token: the answer starts here
+                if extra and slot.guest:   # a prefill is done: nothing to sample
+                    slot.t1 = time.monotonic()
+                    self._finish(slot, "done")
+                elif extra:   # the prompt's last token: the answer starts here
                     try:
                         self._prompt_done(slot)
                     except APIError as exc:   # a grammar this model's tokens cannot follow
@@ -338,7 +435,17 @@ class Batcher:
         if reason != "stop" and (tail := slot.stream.flush()):
             req.emit(Delta(tail))
         prompt_tokens = slot.cached + slot.evaluated
-        if slot.t1 is None:   # stopped before its prompt was in
+        if slot.guest:   # a prefill: how far it got, whatever ended it
+            units = req.prompt.units
+            done = Finished(reason, prompt_tokens, 0, {
+                "prompt_ms": round(((slot.t1 or time.monotonic()) - slot.t0) * 1000, 2),
+                "prompt_tokens_evaluated": n_tokens(units[slot.first:slot.cursor]),
+                "cached_tokens": slot.cached,
+                "image_encode_ms": round(slot.stats["image_encode_ms"], 2),
+                "images_encoded": slot.stats["images_encoded"],
+                "images_from_cache": slot.stats["images_from_cache"],
+            }, cached_tokens=slot.cached)
+        elif slot.t1 is None:   # stopped before its prompt was in
             done = Finished(reason, prompt_tokens, 0)
         else:
             t2 = time.monotonic()
@@ -374,8 +481,10 @@ class Batcher:
         if slot.sampler is not None:
             slot.sampler.close()
             slot.sampler = None
-        slot.req, slot.pending, slot.guide = None, None, None
         slot.last_used = time.monotonic()
+        if slot.real:
+            slot.real_used = slot.last_used
+        slot.req, slot.pending, slot.guide = None, None, None
 
     def _forget(self, slot: _Slot) -> None:
         if llama_cpp.llama_memory_seq_rm(self._memory(), slot.seq_id, -1, -1):

@@ -473,6 +473,17 @@ class LlamaEngine:
             stats["images_from_cache"] += 1
         self._decode_image(chunk, embd, n_past, seq_id)
 
+    def encode_images(self, prompt: Prompt, stats: dict) -> None:
+        """Run the vision tower on the prompt's images that the embedding LRU lacks, into
+        it, without a sequence (a prefill that found none free; counted in `stats`)."""
+        for index, chunk in prompt.images.items():
+            unit = prompt.units[index]
+            if unit.key not in self._embeddings:
+                t = time.monotonic()
+                self._encode_image(chunk, unit)
+                stats["image_encode_ms"] += (time.monotonic() - t) * 1000
+                stats["images_encoded"] += 1
+
     def _encode_image(self, chunk, unit: ImageUnit) -> np.ndarray:
         """Run the vision tower and keep a copy of its output in the embedding LRU."""
         rc = mtmd_cpp.mtmd_encode_chunk(self._mtmd, chunk)

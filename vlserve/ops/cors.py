@@ -30,7 +30,7 @@ log = logging.getLogger("vlserve")
 
 API_PREFIXES = ("/v1/", "/admin/")
 API_PATHS = {"/health", "/metrics"}
-ALLOW_METHODS = "GET, POST, OPTIONS"
+ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 BASE_HEADERS = ("Authorization", "Content-Type", "x-api-key")
 # What the openai JS SDK and fetch wrappers add besides: metadata the server ignores.
 # Anything else asked for (X-Forwarded-For, say, which a proxy might trust) is left out

@@ -15,6 +15,7 @@ from ..chat.protocol import ChatRequest, ImagePart, new_completion_id, parse_cha
 from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..gateway.upstream import LOCAL
 from ..ops import auth
+from ..ops.limits import identity
 
 
 def chat_completions():
@@ -27,17 +28,17 @@ def chat_completions():
         g.log.update(constrained=1, grammar_bytes=len(constraint.grammar))
     if req.tools:   # counts, never names
         g.log.update(tools=len(req.tools.definitions), tool_choice=req.tools.choice)
-    upstream_model = _upstream_model(req.model, settings)
-    if upstream_model is not None:
-        images = _request_images(req, settings)
-        return forwarding.forward(state.get()["gateway"], body, req, images, upstream_model)
+    upstream = upstream_model(req.model, settings)
+    if upstream is not None:
+        images = request_images(req, settings)
+        return forwarding.forward(state.get()["gateway"], body, req, images, upstream)
     # Counted from here to the queue: requests arriving together start together (an idle
     # engine waits a moment for them rather than prefilling the first alone).
     with worker.arriving():
         target = _target_model(req.model, settings)
         worker.check_accepting()
         worker.check_room()
-        images = _request_images(req, settings)
+        images = request_images(req, settings)
         g.record["backend"] = LOCAL
         cache = state.get()["responses"]
         cache_key = cache.key(req, images, target or state.model_id()) if cache else None
@@ -52,7 +53,8 @@ def chat_completions():
         # prepares it, for whichever engine it will run on).
         with worker.lease(target) as engine:
             prompt = prep(engine) if engine is not None else None
-            job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine)
+            job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine,
+                                owner=identity())
         if prompt is not None:
             g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
     g.record["model"] = target or state.model_id()   # the answer's own model replaces it at the end
@@ -61,7 +63,7 @@ def chat_completions():
     return answer(job, req, reply)
 
 
-def _upstream_model(name: str | None, settings) -> str | None:
+def upstream_model(name: str | None, settings) -> str | None:
     """The upstream model a request goes to, or None for the local engine. Local models
     keep their names; a name an upstream serves goes there; any other name goes to the
     local model when there is one (as before), else to the first upstream model."""
@@ -82,7 +84,7 @@ def _upstream_model(name: str | None, settings) -> str | None:
     return model
 
 
-def _request_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]:
+def request_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]:
     """The request's images, checked and prepared (the same for every backend), and their
     sizes and hashes in the log and the record."""
     images = _decode_images(req, settings)
