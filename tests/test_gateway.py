@@ -396,6 +396,25 @@ def test_mixed_routes_by_model(mixed):
     assert health(mixed)["upstreams"]["lc"]["up"] is True
 
 
+def test_a_prefill_is_never_forwarded(gateway, peers, mixed):
+    """An upstream has no prefill to run: declined with the reason, the replicas see
+    nothing; a mixed server still prefills its local model."""
+    before = [(health(peers[n])["served"], health(peers[n])["prefills"]) for n in ("a", "b")]
+    draft = {"messages": [user(("img", data_url()), "how many")]}
+    r = requests.post(gateway.url + "/v1/chat/prefill", json={**draft, "model": "tiny-r"},
+                      headers={"Authorization": f"Bearer {CHAT_KEY}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] is False and r.json()["code"] == "upstream_model"
+    assert [(health(peers[n])["served"], health(peers[n])["prefills"])
+            for n in ("a", "b")] == before
+    r = requests.post(mixed.url + "/v1/chat/prefill", json={**draft, "model": "tiny-lc"},
+                      timeout=10)
+    assert r.status_code == 200 and r.json()["code"] == "upstream_model"
+    r = requests.post(mixed.url + "/v1/chat/prefill", json={**draft, "model": "tiny"},
+                      timeout=10)
+    assert r.status_code == 202 and r.json()["accepted"] is True
+
+
 # ---- replicas failing -------------------------------------------------------------------------
 
 @pytest.fixture

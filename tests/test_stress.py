@@ -4,7 +4,8 @@ storm ends with no crash (gunicorn never had to boot another worker), every requ
 with 200 or a clean OpenAI-shaped 503, and the server answering afterwards.
 
 Before the engine lease (worker.py) these crashed the process that holds the model: an HTTP
-thread tokenized on an engine the worker thread was freeing.
+thread tokenized on an engine the worker thread was freeing. Prefills (prefill while typing)
+storm too: prepared on an engine that is then switched away, superseding each other.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import pytest
 import requests
 
-from conftest import LiveServer, data_url, make_model, user
+from conftest import LiveServer, data_url, make_model, user, wait_for
 
 STORM_SECONDS = 20
 SMALL = "qwen3vl-small-f32"
@@ -91,6 +92,13 @@ class Storm:
                     self.stop.wait(random.uniform(*pace))
         self._threads.append(threading.Thread(target=loop, daemon=True))
 
+    def prefiller(self, what: str, make_body) -> None:
+        """A page sending prefills of a draft as its author types."""
+        def loop():
+            while not self.stop.is_set():
+                self.post(what, "/v1/chat/prefill", make_body())
+        self._threads.append(threading.Thread(target=loop, daemon=True))
+
     def admin(self, models: list[str]) -> None:
         def loop():
             while not self.stop.is_set():
@@ -115,7 +123,8 @@ class Storm:
                       if "SIG" in line or "Booting worker" in line or "exited" in line)
         bad = [r for r in self.results if not clean(r[1], r[2])]
         assert not bad, f"{len(bad)} of {len(self.results)} answers were not clean: {bad[:5]}"
-        chats = [r for r in self.results if r[0] not in ("load", "unload")]
+        chats = [r for r in self.results
+                 if r[0] not in ("load", "unload") and not r[0].startswith("prefill")]
         assert sum(r[1] == 200 for r in chats) >= len(chats) // 2, self.summary()
         # afterwards: healthy, and a request is answered
         final = requests.post(self.server.url + "/v1/chat/completions",
@@ -131,9 +140,12 @@ class Storm:
 
 
 def clean(status, body) -> bool:
-    """200, or a refusal the client can act on: 503 with an OpenAI-shaped error."""
-    if status == 200:
+    """200 (a prefill: 202, or 200 declined with its reason), or a refusal the client can
+    act on: 503 with an OpenAI-shaped error."""
+    if status == 202 and body.get("accepted") is True:
         return True
+    if status == 200:
+        return "accepted" not in body or body.get("code") == "model_not_loaded"
     if status == 503 and isinstance(body, dict):
         error = body.get("error", {})
         return set(error) >= {"message", "type", "param", "code"}
@@ -146,10 +158,18 @@ def test_admin_unload_and_load_under_photo_and_long_conversations(tiny_model, mo
         storm = Storm(server)
         for kind in (photo_request, long_request, photo_request, long_request):
             storm.client(kind.__name__, kind)
+        for kind in (photo_request, long_request):
+            storm.prefiller("prefill:" + kind.__name__, kind)
         storm.admin(["tiny", SMALL])
         storm.run(STORM_SECONDS)
         storm.check()
-        assert storm.summary().get(("load", 200)), storm.summary()
+        summary = storm.summary()
+        assert summary.get(("load", 200)) and summary.get(("prefill:photo_request", 202)), \
+            summary
+        # every prefill ended: none waits or runs for a model that is gone
+        wait_for(lambda: not any(requests.get(server.url + "/health", timeout=5)
+                                 .json()["prefills"][k] for k in ("waiting", "running")),
+                 "the prefills to end")
     finally:
         server.stop()
 

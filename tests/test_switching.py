@@ -132,6 +132,30 @@ def test_request_naming_a_model_does_not_switch_when_switching_on_request_is_off
     assert r.status_code == 200 and r.json()["model"] == "tiny"
 
 
+def prefill(server, model=None):
+    body = {"messages": [user(("img", data_url()), "how")]}
+    return requests.post(server.url + "/v1/chat/prefill",
+                         json={**body, "model": model} if model else body, timeout=60)
+
+
+def test_a_prefill_never_loads_a_model(server):
+    """After an unload: declined with the reason, and nothing loads. (Switching on request
+    is off here: a model's name is only a label, as for a chat request.)"""
+    assert load(server, "tiny").status_code == 200
+    loads = health(server)["served"]["model_loads"]
+    r = prefill(server, SMALL)
+    assert r.status_code == 202 and r.json()["model"] == "tiny"
+    assert requests.post(server.url + "/admin/models/unload", timeout=30).status_code == 200
+    r = prefill(server)
+    assert r.status_code == 200 and r.json()["code"] == "model_not_loaded"
+    after = health(server)
+    assert after["status"] == "unloaded" and after["served"]["model_loads"] == loads
+    assert prefill(server, "tiny").json()["accepted"] is False
+    assert load(server, "tiny").status_code == 200
+    r = prefill(server, "tiny")
+    assert r.status_code == 202 and r.json()["accepted"] is True
+
+
 def test_progress_and_states_arrive_over_sse(server):
     assert load(server, "tiny").status_code == 200
     events, ready, subscribed = [], threading.Event(), threading.Event()
@@ -179,6 +203,19 @@ def test_a_request_naming_another_model_loads_it(tiny_model, tmp_path):
         assert ask(srv, model="gpt-4o").json()["model"] == "tiny"   # unknown: whatever is loaded
         streamed = ask(srv, model=SMALL, stream=True).text
         assert f'"model":"{SMALL}"' in streamed and streamed.endswith("data: [DONE]\n\n")
+    finally:
+        srv.stop()
+
+
+def test_a_prefill_naming_a_model_not_loaded_does_not_switch(tiny_model, tmp_path):
+    make_model(tmp_path / "models" / "small", "small")
+    srv = LiveServer(tiny_model, "--no-warmup", log_path=tmp_path / "server.log")
+    try:
+        r = prefill(srv, SMALL)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"object": "chat.prefill", "accepted": False, "model": SMALL,
+                            "code": "model_not_loaded", "reason": r.json()["reason"]}
+        assert health(srv)["model"] == "tiny" and health(srv)["served"]["model_loads"] == 1
     finally:
         srv.stop()
 
