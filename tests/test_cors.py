@@ -59,7 +59,7 @@ def test_an_allowed_origins_preflight(make_app):
     assert r.status_code == 204 and r.data == b""
     assert r.headers["Access-Control-Allow-Origin"] == SITE
     assert {m.strip() for m in r.headers["Access-Control-Allow-Methods"].split(",")} == {
-        "GET", "POST", "OPTIONS"}
+        "GET", "POST", "DELETE", "OPTIONS"}
     allowed = allow_headers(r)
     assert {"authorization", "content-type", "x-api-key"} <= allowed
     assert {"x-stainless-os", "x-stainless-retry-count", "x-stainless-runtime-version",

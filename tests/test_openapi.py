@@ -426,6 +426,19 @@ def test_admin_routes_match(api):
                    api.post("/admin/models/load", json={"model": 3}), expect=400)
 
 
+def test_prefill_routes_match(api):
+    draft = {"messages": [user(("img", data_url()), "how many")]}
+    response = api.post("/v1/chat/prefill", json=draft)
+    check_response("/v1/chat/prefill", "POST", response, expect=202)
+    path = response.headers["Location"]
+    check_response("/v1/chat/prefill/{id}", "GET", api.get(path + "?wait=30"), expect=200)
+    check_response("/v1/chat/prefill/{id}", "DELETE", api.delete(path), expect=200)
+    check_response("/v1/chat/prefill/{id}", "GET", api.get("/v1/chat/prefill/x"), expect=404)
+    check_response("/v1/chat/prefill", "POST",
+                   api.post("/v1/chat/prefill", json={"messages": []}), expect=400)
+    check_response("/health", "GET", api.get("/health"), expect=200)
+
+
 def test_admin_events_match(api):
     response = api.get("/admin/models/events", buffered=False)
     try:

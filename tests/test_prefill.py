@@ -226,16 +226,16 @@ def test_a_newer_prefill_supersedes_the_older_one_per_owner_at_most_one(make_app
     app = make_app()
     client, worker = app.test_client(), app.extensions["vlserve"]["worker"]
     job = hold_engine(app)
-    before = worker.prefill_counts()
+    before = worker.prefills.counts()
     texts = ["How", "How many", "How many boxes", "How many boxes are", "How many boxes are on"]
     answers = [client.post(PREFILL, json=draft(t)).get_json() for t in texts]
     other = client.post(PREFILL, json=draft("Is it tidy?"),
                         environ_base={"REMOTE_ADDR": "10.9.9.9"}).get_json()
     elsewhere = {"environ_base": {"REMOTE_ADDR": "10.9.9.9"}}
-    wait_for(lambda: worker.prefill_counts()["superseded"] == before["superseded"] + 4
+    wait_for(lambda: worker.prefills.counts()["superseded"] == before["superseded"] + 4
              and client.get(f"{PREFILL}/{other['id']}", **elsewhere).get_json()["state"]
              == "waiting", "four prefills superseded, the other owner's waiting")
-    counts = worker.prefill_counts()
+    counts = worker.prefills.counts()
     assert counts["waiting"] + counts["running"] == 2   # one per owner
     for a in answers[:-1]:
         assert client.get(f"{PREFILL}/{a['id']}").get_json()["state"] == "superseded"
@@ -258,7 +258,7 @@ def test_a_request_of_the_same_owner_ends_its_prefill(make_app):
 def test_a_bad_image_is_the_same_4xx_as_for_a_chat_request_and_nothing_is_kept(make_app):
     app = make_app()
     client, worker = app.test_client(), app.extensions["vlserve"]["worker"]
-    before = worker.prefill_counts()
+    before = worker.prefills.counts()
     for url in ("data:image/png;base64,AAAA", "data:text/plain;base64,aGk=", "file:///etc/passwd"):
         body = draft("What is it?", photo=url)
         chat, prefill = client.post(CHAT, json=body), client.post(PREFILL, json=body)
@@ -269,7 +269,7 @@ def test_a_bad_image_is_the_same_4xx_as_for_a_chat_request_and_nothing_is_kept(m
     assert (prefill.status_code, prefill.get_json()) == (chat.status_code, chat.get_json())
     r = client.post(PREFILL, json={"messages": [user("hi")], "max_tokens": 0})
     assert r.status_code == 400 and r.get_json()["error"]["param"] == "max_tokens"
-    assert worker.prefill_counts() == before
+    assert worker.prefills.counts() == before
 
 
 def test_delete_drops_a_prefill_and_owners_are_kept_apart(make_app):

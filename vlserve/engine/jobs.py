@@ -1,11 +1,10 @@
-"""What the worker's queue holds: a `Job` (one chat request, with its own event queue and
-cancel flag), a `Prefill` (a draft conversation to evaluate in the background) and a
-`Switch` (a request to load or unload a model)."""
+"""What the worker's queue holds besides prefills (`prefills`): a `Job` (one chat request,
+with its own event queue and cancel flag) and a `Switch` (a request to load or unload a
+model)."""
 
 from __future__ import annotations
 
 import queue
-import secrets
 import threading
 import time
 from typing import Callable
@@ -77,63 +76,3 @@ class Switch:
         self.error = error
         self.done.set()
 
-
-# How a prefill ended: done (its whole prompt is in a sequence), images_cached (no sequence
-# it could use: its images went into the embedding cache only), taken_over (the request
-# arrived and continued from it), superseded (a newer prefill of the same owner, or the
-# owner's request, replaced it), cancelled (DELETE, or its deadline), dropped (the model
-# changed or the server stopped), failed.
-PREFILL_ENDS = ("done", "images_cached", "taken_over", "superseded", "cancelled", "dropped",
-                "failed")
-
-
-class Prefill:
-    """A draft conversation to evaluate into a sequence before it is sent (prefill while
-    typing). The engine thread moves it queued -> waiting -> running -> one of PREFILL_ENDS; any
-    thread may read `view()` (a copy taken under its lock) or wait for `ended`."""
-
-    def __init__(self, prompt: Prompt, engine: Engine, *, owner: str, model: str,
-                 deadline: float):
-        self.id = "prefill-" + secrets.token_hex(12)
-        self.prompt, self.engine, self.owner, self.model = prompt, engine, owner, model
-        self.deadline = deadline
-        self.stats = {"images_encoded": 0, "images_from_cache": 0, "image_encode_ms": 0.0}
-        self.ended = threading.Event()
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._state, self._reason, self._result = "queued", None, {}
-
-    @property
-    def stopped(self) -> bool:
-        """Cancelled (or superseded), or past its deadline: the engine ends it."""
-        return self._cancel.is_set() or time.monotonic() > self.deadline
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        with self._lock:
-            if self._reason is None:
-                self._reason = reason
-        self._cancel.set()
-
-    def moved(self, state: str) -> None:
-        """waiting (for a sequence) or running (in one): engine thread."""
-        with self._lock:
-            self._state = state
-
-    def end(self, state: str, result: dict | None = None) -> bool:
-        """Its one ending (engine thread; False if it had ended already); a cancelled one
-        ends as what cancelled it."""
-        if self.ended.is_set():
-            return False
-        with self._lock:
-            if state == "cancelled" and self._reason is not None:
-                state = self._reason
-            self._state, self._result = state, dict(result or {})
-        self.prompt.close()
-        self.ended.set()
-        return True
-
-    def view(self) -> dict:
-        with self._lock:
-            return {"id": self.id, "object": "chat.prefill", "model": self.model,
-                    "state": self._state, "prompt_tokens": self.prompt.n_tokens,
-                    **self._result}

@@ -24,12 +24,8 @@ whose model is switched away while it is being prepared finishes preparing on th
 Every job ends with exactly one terminal event (Finished or an error), whatever happens to it:
 run, refused, expired, cancelled while queued (`withdraw`), or left over at shutdown.
 
-Prefills (`prefill()`: a draft conversation evaluated while its author types) are background
-work. They queue beside jobs but never count against the queue's size, never load or switch
-a model (one prepared for a model that is gone is dropped), and give way to every request
-(batch.py says how). Each owner (an API key's name, else a client address) has at most one:
-a newer prefill, or the owner's request, supersedes the older. A prefill with no sequence it
-may use still puts its images into the embedding cache, when no request is running.
+Prefills (`prefill()`, prefills.py) are background work: queued beside jobs, they never
+count against the queue's size, never load a model, and give way to every request.
 """
 
 from __future__ import annotations
@@ -45,10 +41,9 @@ import threading
 import time
 from typing import Callable
 
-import cachetools
-
 from .batch import Sequence
-from .jobs import PREFILL_ENDS, Job, Prefill, Switch
+from .jobs import Job, Switch
+from .prefills import Prefill, Prefills
 from .llama import Engine, Prompt
 from .output import Delta, Finished
 from .warmup import warm_up
@@ -97,13 +92,7 @@ class Worker:
         self.stats = dict.fromkeys(
             ("stop", "length", "cancelled", "timeout", "tokens_generated", "model_loads",
              "model_load_failures"), 0)
-        # Prefills: by owner, those waiting for a sequence and those in one (engine thread
-        # only); by id, the recent ones for status reads (any thread, under the lock); how
-        # each ended, counted.
-        self._prefills_waiting: dict[str, Prefill] = {}
-        self._prefills_running: dict[str, Prefill] = {}
-        self._prefills_by_id: cachetools.LRUCache[str, Prefill] = cachetools.LRUCache(1024)
-        self.prefill_stats = dict.fromkeys(PREFILL_ENDS, 0)
+        self.prefills = Prefills()      # background prefills (prefills.py)
         self._thread = threading.Thread(target=self._run, name="vlserve-engine", daemon=True)
 
     def start(self) -> "Worker":
@@ -232,25 +221,13 @@ class Worker:
         supersedes the owner's previous one; it never counts against the queue's size."""
         prefill = Prefill(prompt, engine, owner=owner, model=self.model or "",
                           deadline=time.monotonic() + self.request_timeout)
-        with self._lock:
+        with self._lock:   # as submit(): nothing queues after the stop signal
             if self.state == "stopped":
                 prompt.close()
                 raise self._not_ready()
-            self._prefills_by_id[prefill.id] = prefill
-        self._queue.put(prefill)
+            self._queue.put(prefill)
+        self.prefills.add(prefill)
         return prefill
-
-    def find_prefill(self, prefill_id: str, owner: str) -> Prefill | None:
-        """A recent prefill of `owner` by id (None if unknown, or another owner's)."""
-        with self._lock:
-            prefill = self._prefills_by_id.get(prefill_id)
-        return prefill if prefill is not None and prefill.owner == owner else None
-
-    def prefill_counts(self) -> dict:
-        """For /health: prefills waiting and running, and how the others ended."""
-        with self._lock:
-            return {"waiting": len(self._prefills_waiting),
-                    "running": len(self._prefills_running), **self.prefill_stats}
 
     def switch(self, model: str) -> Switch:
         """Ask for `model` to be loaded after the jobs already queued; never refused."""
@@ -285,7 +262,7 @@ class Worker:
             return
         held: collections.deque[Job | Prefill | Switch] = collections.deque()  # taken, not acted on
         while self.state != "stopped":
-            if not held and not self._running and not self._prefills_running:
+            if not held and not self._running and not self.prefills.running:
                 item = self._next_item()          # idle: wait (and unload after keep-alive)
                 if item is None:
                     break
@@ -293,10 +270,11 @@ class Worker:
             if not self._take_queued(held):
                 break
             self._act(held)
-            self._start_prefills()
+            if self.engine is not None:
+                self.prefills.start(self._runner, self.engine, requests_running=self._running > 0)
             if not self._wait_for_arrivals(held):
                 break
-            if self._running or self._prefills_running:
+            if self._running or self.prefills.running:
                 self._runner.step()
         if self._runner is not None:
             self._runner.close()
@@ -311,12 +289,12 @@ class Worker:
                 break
             if item is not None:
                 held.append(item)
-        self._drop_prefills()
+        self.prefills.drop()
         for item in held:
             if isinstance(item, Switch):
                 item.finish(self._not_ready())
             elif isinstance(item, Prefill):
-                self._end_prefill(item, "dropped")
+                self.prefills.end(item, "dropped")
             elif self._take(item):
                 item.put(self._not_ready())
                 item.close()
@@ -361,7 +339,7 @@ class Worker:
                 continue
             if isinstance(item, Prefill):   # never waits: it only takes its owner's place
                 held.popleft()
-                self._hold_prefill(item)
+                self.prefills.hold(item, self.engine)
                 continue
             running = self._running > 0
             if isinstance(item, Switch):
@@ -387,85 +365,6 @@ class Worker:
             self._waiting -= 1
         return True
 
-    # -- prefills (engine thread) --
-
-    def _hold_prefill(self, prefill: Prefill) -> None:
-        """A new prefill replaces its owner's previous one, waiting or running (a running
-        one ends at the next step or admission; its KV stays, for this one to reuse)."""
-        self._supersede(prefill.owner)
-        if prefill.engine is not self.engine:
-            self._end_prefill(prefill, "dropped")   # prepared for a model no longer loaded
-        else:
-            self._prefills_waiting[prefill.owner] = prefill
-            prefill.moved("waiting")
-
-    def _supersede(self, owner: str | None) -> None:
-        if owner is None:
-            return
-        waiting = self._prefills_waiting.pop(owner, None)
-        if waiting is not None:
-            self._end_prefill(waiting, "superseded")
-        running = self._prefills_running.get(owner)
-        if running is not None:
-            running.cancel("superseded")
-
-    def _start_prefills(self) -> None:
-        """Give waiting prefills a sequence. One that finds none it may use, while no
-        request runs, has its images encoded into the embedding cache and ends there."""
-        for owner, prefill in list(self._prefills_waiting.items()):
-            if prefill.stopped or prefill.engine is not self.engine:
-                del self._prefills_waiting[owner]
-                self._end_prefill(prefill, "cancelled" if prefill.stopped else "dropped")
-                continue
-            sequence = Sequence(prefill.prompt, SamplingParams(), lambda p=prefill: p.stopped,
-                                lambda event, p=prefill: self._prefill_event(p, event),
-                                background=True)
-            try:
-                admitted = self._runner.admit(sequence)
-            except Exception as exc:
-                log.error("a prefill could not start: %r", exc)
-                del self._prefills_waiting[owner]
-                self._end_prefill(prefill, "failed")
-                continue
-            if admitted:
-                del self._prefills_waiting[owner]
-                self._prefills_running[owner] = prefill
-                prefill.moved("running")
-            elif not self._running:
-                del self._prefills_waiting[owner]
-                try:
-                    self.engine.encode_images(prefill.prompt, prefill.stats)
-                except Exception as exc:
-                    log.error("a prefill's images could not be encoded: %r", exc)
-                    self._end_prefill(prefill, "failed")
-                    continue
-                self._end_prefill(prefill, "images_cached", dict(prefill.stats))
-
-    def _prefill_event(self, prefill: Prefill, event) -> None:
-        """How a running prefill ended (the batcher emits nothing else for one)."""
-        if self._prefills_running.get(prefill.owner) is prefill:
-            del self._prefills_running[prefill.owner]
-        if isinstance(event, Finished):
-            self._end_prefill(prefill, event.finish_reason,
-                              {"cached_tokens": event.cached_tokens, **event.timings})
-        else:
-            log.error("a prefill failed: %r", event)
-            self._end_prefill(prefill, "failed")
-
-    def _end_prefill(self, prefill: Prefill, state: str, result: dict | None = None) -> None:
-        if prefill.end(state, result):
-            with self._lock:
-                self.prefill_stats[prefill.view()["state"]] += 1
-
-    def _drop_prefills(self) -> None:
-        """The model goes (or the server stops): waiting prefills end now; running ones
-        when the batcher closes."""
-        for prefill in self._prefills_waiting.values():
-            self._end_prefill(prefill, "dropped")
-        self._prefills_waiting.clear()
-        for prefill in self._prefills_running.values():
-            prefill.cancel("dropped")
-
     # -- jobs (engine thread) --
 
     def _admit(self, job: Job) -> None:
@@ -486,7 +385,7 @@ class Worker:
             self._runner.admit(Sequence(job.prompt, job.params,
                                         lambda: job.cancelled or job.expired,
                                         lambda event: self._deliver(job, event)))
-            self._supersede(job.owner)   # its draft is sent: the rest of its prefill is moot
+            self.prefills.supersede(job.owner)   # its draft is sent: the rest of its prefill is moot
         except APIError as exc:
             job.put(exc)
             job.close()
@@ -572,7 +471,7 @@ class Worker:
                 self._drained.wait()
             engine, self.engine = self.engine, None
             self._draining = False   # no engine: leases are refused for that reason now
-        self._drop_prefills()
+        self.prefills.drop()
         if self._runner is not None:
             self._runner.close()
             self._runner = None

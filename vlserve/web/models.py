@@ -16,7 +16,7 @@ def health():
     worker = state.worker()
     body = {"status": "ok" if worker.state == "ready" else worker.state,
             "model": state.model_id(), "queue_depth": worker.depth, "busy": worker.busy,
-            "served": dict(worker.stats), "prefills": worker.prefill_counts()}
+            "served": dict(worker.stats), "prefills": worker.prefills.counts()}
     view = worker.engine_view()
     body.update(_upstream_health())
     if view is not None:

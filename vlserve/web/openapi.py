@@ -21,6 +21,7 @@ from .. import __version__
 from ..ops.auth import SCOPES
 from ..chat.fields import object_schema
 from ..chat.protocol import answer_schemas, request_schemas
+from ..engine.prefills import PREFILL_ENDS
 
 bp = Blueprint("openapi", __name__)
 
@@ -170,7 +171,8 @@ def _schemas() -> dict:
                                 "model_not_found, invalid_api_key, insufficient_scope, "
                                 "payload_too_large, rate_limit_exceeded, "
                                 "too_many_concurrent_requests, server_busy, model_not_ready, "
-                                "request_timeout, model_load_failed, upstream_unreachable, "
+                                "request_timeout, model_load_failed, prefill_not_found, "
+                                "upstream_unreachable, "
                                 "upstream_unavailable, upstream_timeout"}})},
         description="Every error, OpenAI-shaped.")
     model = object_schema({
@@ -217,6 +219,10 @@ def _schemas() -> dict:
                                      "URL)."},
         "served": {"type": "object", "additionalProperties": COUNT,
                    "description": "Counters: finish reasons, tokens generated, loads."},
+        "prefills": {"type": "object", "additionalProperties": COUNT,
+                     "description": "Prefills (POST /v1/chat/prefill) `waiting` for a "
+                                    "sequence and `running` now, and how many ended each "
+                                    "way (the `state`s of `ChatPrefill`)."},
         "reason": {"type": ["string", "null"],
                    "description": "Why it is not ready (when not `ok`)."},
         "warmup_seconds": {"type": ["number", "null"]},
@@ -236,6 +242,25 @@ def _schemas() -> dict:
     load_result = object_schema({"model": STRING, "status": STRING,
                                  "load_seconds": {"type": ["number", "null"]}},
                                 ["model", "status"])
+    prefill = object_schema({
+        "id": STRING, "object": {"const": "chat.prefill"}, "model": STRING,
+        "accepted": {"type": "boolean", "description": "On POST: false when the model is "
+                     "not loaded or is an upstream's (`code`, `reason` say which)."},
+        "code": {"enum": ["model_not_loaded", "upstream_model"]}, "reason": STRING,
+        "state": {"enum": ["queued", "waiting", "running", *PREFILL_ENDS],
+                  "description": "queued, waiting (for a sequence), running; then how it "
+                                 "ended: `done` (the whole draft is in a sequence), "
+                                 "`images_cached` (no sequence it could use: its images are "
+                                 "in the embedding cache), `taken_over` (the request arrived "
+                                 "and continued from it), `superseded` (by a newer prefill "
+                                 "or a request of the same key or client), `cancelled`, "
+                                 "`dropped` (the model changed), `failed`."},
+        "prompt_tokens": COUNT, "prompt_tokens_evaluated": COUNT, "cached_tokens": COUNT,
+        "images_encoded": COUNT, "images_from_cache": COUNT, "prompt_ms": ms,
+        "image_encode_ms": ms},
+        ["object", "model"],
+        description="A background prefill: a draft conversation evaluated while it is "
+                    "typed, so that sending it costs what a follow-up costs.")
     unload_result = object_schema({"model": {"type": ["string", "null"]}, "status": STRING})
     model_event = object_schema({
         "type": {"enum": ["state", "progress", "rolled_back"]},
@@ -256,7 +281,7 @@ def _schemas() -> dict:
         "Timings": timings, "Context": context,
         "Error": error, "Model": model, "ModelList": model_list, "Health": health,
         "LoadRequest": load_request, "LoadResult": load_result,
-        "UnloadResult": unload_result, "ModelEvent": model_event,
+        "UnloadResult": unload_result, "ModelEvent": model_event, "ChatPrefill": prefill,
         "ModelEventMessage": _sse_event(
             _ref("ModelEvent"), done=False,
             description="One server-sent event; `: keep-alive` comments every second."),
@@ -274,6 +299,11 @@ def _sse_event(payload: dict, *, done: bool, description: str) -> dict:
 
 
 # ---- paths ------------------------------------------------------------------------------------
+
+def _prefill_id() -> dict:
+    return {"name": "id", "in": "path", "required": True, "schema": STRING,
+            "description": "The `id` the POST answered."}
+
 
 def _paths() -> dict:
     def header(description: str, schema: dict = STRING) -> dict:
@@ -300,6 +330,39 @@ def _paths() -> dict:
             "Chat completion, text and images (streaming with `stream: true`)", "chat",
             {"200": answer}, 400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504,
             body="ChatCompletionRequest")},
+        "/v1/chat/prefill": {"post": _operation(
+            "createChatPrefill", "vlserve",
+            "Evaluate a draft conversation in the background (prefill while typing)", "chat",
+            {"202": _body(_ref("ChatPrefill"), "Accepted: the work runs in the background; "
+                          "`Location` is its status.",
+                          {"Location": header("/v1/chat/prefill/{id}")}),
+             "200": _body(_ref("ChatPrefill"), "Not accepted (`accepted: false`): the "
+                          "model is not loaded (a prefill never loads one) or is an "
+                          "upstream's (never forwarded).")},
+            400, 401, 403, 413, 415, 503, body="ChatCompletionRequest",
+            description="The body is the chat request as it will be sent (earlier turns, "
+                        "then the draft message with its images and the text typed so far), "
+                        "checked as one: the same 4xx. Nothing is generated. The request "
+                        "that follows continues from it: when it arrives while the prefill "
+                        "runs, it takes over its sequence; after, prefix reuse finds it. One "
+                        "prefill per API key (per client address without keys): a newer one "
+                        "supersedes the older. Requests always come first: a prefill never "
+                        "evicts a sequence a request used within `--prefill-protect` "
+                        "seconds, and while requests run its images wait and its text uses "
+                        "at most 15% of the engine's time.")},
+        "/v1/chat/prefill/{id}": {
+            "get": _operation(
+                "getChatPrefill", "vlserve", "A prefill's state (only its own key or client)",
+                "chat", {"200": _body(_ref("ChatPrefill"), "Its state.")}, 401, 403, 404,
+                parameters=[_prefill_id(), {
+                    "name": "wait", "in": "query", "required": False,
+                    "description": "Seconds (at most 60) to wait for it to end first.",
+                    "schema": {"type": "number", "minimum": 0}}]),
+            "delete": _operation(
+                "cancelChatPrefill", "vlserve", "Drop a prefill (its KV stays as cache)",
+                "chat", {"200": _body(_ref("ChatPrefill"), "Its state; it ends at the "
+                                                           "engine's next step.")},
+                401, 403, 404, parameters=[_prefill_id()])},
         "/v1/models": {"get": _operation(
             "listModels", "OpenAI", "Every model on disk; `loaded: true` on the one in memory",
             "chat", {"200": _body(_ref("ModelList"), "The models.")}, 401, 403)},
@@ -370,6 +433,7 @@ def _document() -> dict:
         "servers": [{"url": "/", "description": "This server"}],
         "security": _secured("chat"),
         "tags": [{"name": "OpenAI", "description": "The OpenAI-compatible API."},
+                 {"name": "vlserve", "description": "Beyond OpenAI's API (`chat` scope)."},
                  {"name": "Admin", "description": "Model management (`admin` scope)."},
                  {"name": "Server", "description": "Health, metrics and this document."}],
         "paths": _paths(),

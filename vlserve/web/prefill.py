@@ -73,7 +73,7 @@ def cancel(prefill_id: str):
 
 
 def _find(prefill_id: str):
-    prefill = state.worker().find_prefill(prefill_id, identity())
+    prefill = state.worker().prefills.find(prefill_id, identity())
     if prefill is None:
         raise NotFoundError(f"no prefill {prefill_id!r} (they are kept for a while, and "
                             "only for whoever made them)", code="prefill_not_found")
