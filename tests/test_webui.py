@@ -1204,3 +1204,89 @@ def test_streamed_tool_call_deltas_are_assembled(server, open_page):
         json.dumps({"meter": "AB123", "value": 42}, indent=2))
     expect(page.get_by_test_id("send-button")).to_be_visible()
     expect(messages(page, "assistant").locator(".message-note")).to_have_count(0)
+
+
+# ---- prefill while typing -----------------------------------------------------------------------
+
+def test_the_photo_is_prefilled_while_the_question_is_typed(tiny_model, tmp_path_factory,
+                                                           open_page):
+    """Attach, wait until the prefill is done, type, send: the answer's numbers show no
+    image encoded and only the question evaluated."""
+    from playwright.sync_api import expect
+    s = _server(tmp_path_factory, tiny_model, "--prefill-protect", "0")
+    try:
+        page = open_page(s, settings={"maxTokens": 4})
+        with page.expect_response(lambda r: r.url.endswith("/v1/chat/prefill")) as posted:
+            page.get_by_test_id("file-input").set_input_files(
+                files=[file_payload("shelf.png", png(160, 100, (10, 120, 60)))])
+        answer = posted.value.json()
+        assert posted.value.status == 202 and answer["accepted"] is True, answer
+        done = requests.get(f"{s.url}/v1/chat/prefill/{answer['id']}?wait=30", timeout=40).json()
+        assert done["state"] == "done" and done["images_encoded"] == 1, done
+        page.get_by_test_id("composer-input").fill("How many boxes are on the top shelf?")
+        page.get_by_test_id("send-button").click()
+        stats = page.get_by_test_id("message-stats")
+        expect(stats).to_have_count(1, timeout=30_000)
+        detail = stats.get_attribute("title")
+        assert "encoded" not in detail, detail   # images encoded: 0
+        evaluated = int(re.search(r"\((\d+) tokens evaluated\)", detail).group(1))
+        prompt = int(re.search(r"(\d+) → ", stats.text_content()).group(1))
+        assert evaluated <= (prompt - done["prompt_tokens"]) + 16, (evaluated, prompt, done)
+    finally:
+        s.stop()
+
+
+def test_prefills_follow_the_draft_and_are_dropped_with_it(server, open_page):
+    """Typing pauses send the draft again; removing the image, or opening another chat,
+    drops the prefill on the server."""
+    from playwright.sync_api import expect
+    page = open_page(server)
+    calls = []
+    page.on("request", lambda r: calls.append((r.method, r.post_data_json if r.method == "POST"
+                                               else r.url.rsplit("/", 1)[-1]))
+            if "/v1/chat/prefill" in r.url else None)
+    with page.expect_response(lambda r: r.url.endswith("/v1/chat/prefill")) as first:
+        page.get_by_test_id("file-input").set_input_files(files=[file_payload("a.png", png())])
+    prefill_id = first.value.json()["id"]
+    with page.expect_response(lambda r: r.url.endswith("/v1/chat/prefill")):
+        page.get_by_test_id("composer-input").press_sequentially("How many", delay=20)
+    posts = [body for method, body in calls if method == "POST"]
+    assert len(posts) == 2   # the attach, then one after the typing paused (not per key)
+    draft = posts[-1]["messages"][-1]
+    assert [p["type"] for p in draft["content"]] == ["image_url", "text"]
+    assert draft["content"][-1]["text"] == "How many" and "stream" not in posts[-1]
+    second = json.loads(requests.get(server.url + "/health", timeout=5).text)["prefills"]
+    assert second["waiting"] + second["running"] <= 1
+    with page.expect_request(lambda r: r.method == "DELETE"):
+        page.get_by_test_id("attachment-remove").click()
+    expect(page.get_by_test_id("attachment")).to_have_count(0)
+    deleted = [target for method, target in calls if method == "DELETE"]
+    assert deleted and deleted[-1] != prefill_id   # the newer one, not the superseded one
+    # another image, then a new chat: dropped too
+    with page.expect_response(lambda r: r.url.endswith("/v1/chat/prefill")):
+        page.get_by_test_id("file-input").set_input_files(files=[file_payload("b.png", png())])
+    with page.expect_request(lambda r: r.method == "DELETE"):
+        page.keyboard.press("Control+Shift+O")
+
+
+def test_a_server_without_prefill_is_asked_once_and_the_page_works(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 4})
+    page.problems.allow("404")   # the browser logs the refused fetch
+    asked = []
+
+    def older_server(route):
+        asked.append(route.request.url)
+        route.fulfill(status=404, json={"error": {"message": "not found", "type":
+                                                  "not_found_error", "param": None,
+                                                  "code": "not_found"}})
+    page.route("**/v1/chat/prefill", older_server)
+    with page.expect_response("**/v1/chat/prefill"):
+        page.get_by_test_id("file-input").set_input_files(files=[file_payload("a.png", png())])
+    page.get_by_test_id("composer-input").press_sequentially("What", delay=20)
+    page.get_by_test_id("file-input").set_input_files(files=[file_payload("b.png", png(90))])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(2)
+    page.get_by_test_id("send-button").click()
+    expect(page.get_by_test_id("message-stats")).to_have_count(1, timeout=30_000)
+    assert len(asked) == 1, asked
+    expect(page.get_by_test_id("toast")).to_have_count(0)

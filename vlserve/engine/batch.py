@@ -226,16 +226,18 @@ class Batcher:
                 free = [s for s in self.slots if not s.real]
                 if not free:   # the worker admits only while `free`; say so if a caller did not
                     raise InternalError("no free sequence for the request")
+            # counted in tokens, not units: an image is one unit of hundreds of tokens
+            saved = {s: n_tokens(units[:plans[s][1]]) for s in self.slots}
             # the free slot where this prompt saves the most, net of the cached tokens it
             # would throw away (another conversation's cache is worth keeping); an idle one
             # before a prefill's; then LRU
-            slot = max(free, key=lambda s: (plans[s][1] - (len(s.kv.units) - plans[s][0]),
+            slot = max(free, key=lambda s: (saved[s] - n_tokens(s.kv.units[plans[s][0]:]),
                                             s.req is None, -s.last_used))
             if slot.req is not None:   # a prefill's: it ends here, its KV stays
                 self._finish(slot, "taken_over")
-            donor = max((s for s in self.slots if s is not slot), key=lambda s: plans[s][1],
+            donor = max((s for s in self.slots if s is not slot), key=lambda s: saved[s],
                         default=None)
-            if donor is not None and plans[donor][1] >= plans[slot][1] + COPY_MIN:
+            if donor is not None and saved[donor] >= saved[slot] + COPY_MIN:
                 self._copy(donor, slot, plans[donor][0])
                 plans[slot] = self._plan(slot, units, piece)
             keep, skip = plans[slot]

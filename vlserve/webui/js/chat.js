@@ -8,6 +8,7 @@ import { askForKey } from "./auth.js";
 import * as composer from "./composer.js";
 import { newId } from "./dom.js";
 import { explain } from "./explain.js";
+import * as prefill from "./prefill.js";
 import { currentModel, noteServedModel, watchHealth } from "./models.js";
 import { renderMessages, startEdit, StreamView } from "./render.js";
 import { follow, scrollToBottom } from "./scroll.js";
@@ -91,6 +92,7 @@ export function render() {
 
 export async function send() {
   if (state.stream) return;
+  prefill.drop({ cancel: false });   // the request continues from it
   const draft = composer.take();
   if (!draft.text && !draft.images.length) return;
   const conv = state.conv ?? startConversation();
@@ -227,6 +229,19 @@ function setBusy(on) {
   composer.setStreaming(on);
   ui.messages.setAttribute("aria-busy", String(on));
   render();
+}
+
+/** The draft (the box's text and images after this conversation) as a prefill's body;
+ *  null without an image in the box (a follow-up's text costs little) or while an answer
+ *  streams (the conversation is not what it will be). */
+export function draftBody() {
+  const draft = composer.peek();
+  if (!draft.images.length || state.stream) return null;
+  const messages = [...(state.conv?.messages ?? []), { role: "user", ...draft }];
+  const body = requestBody({ messages });
+  delete body.stream;
+  delete body.stream_options;
+  return body;
 }
 
 function requestBody(conv) {

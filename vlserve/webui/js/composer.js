@@ -12,10 +12,11 @@ const MAX_HEIGHT_RATIO = 0.4;     // the box grows up to 40% of the window, then
 let input, strip, sendButton, stopButton, form;
 let attachments = [];   // {id, url, name, width, height, bytes} or {id, name, pending: true}
 let streaming = false;
-let handlers = { send: () => {}, stop: () => {} };
+let handlers = { send: () => {}, stop: () => {}, draft: () => {} };
 
-export function initComposer({ onSend, onStop }) {
-  handlers = { send: onSend, stop: onStop };
+/** onDraft({now}): the text or the images changed (now: an image came or went). */
+export function initComposer({ onSend, onStop, onDraft }) {
+  handlers = { send: onSend, stop: onStop, draft: onDraft };
   input = document.getElementById("composer-input");
   strip = document.getElementById("attachments");
   sendButton = document.getElementById("send-button");
@@ -27,7 +28,7 @@ export function initComposer({ onSend, onStop }) {
     submit();
   });
   input.addEventListener("keydown", onKeyDown);
-  input.addEventListener("input", () => { autosize(); updateButtons(); });
+  input.addEventListener("input", () => { autosize(); updateButtons(); handlers.draft({ now: false }); });
   stopButton.addEventListener("click", () => handlers.stop());
   window.addEventListener("resize", autosize);
   for (const chip of document.querySelectorAll(".suggestion")) {
@@ -88,6 +89,11 @@ export function take() {
   return message;
 }
 
+/** What is in the box now (trimmed text and the ready images), left there. */
+export function peek() {
+  return { text: input.value.trim(), images: attachments.filter((a) => !a.pending) };
+}
+
 /** Put a message back (a send that failed before any answer): nothing typed is lost. */
 export function restore({ text, images }) {
   if (!input.value.trim()) setText(text);
@@ -133,6 +139,7 @@ function replace(id, value) {
   if (value) attachments[index] = value;
   else attachments.splice(index, 1);
   renderStrip();
+  handlers.draft({ now: true });
 }
 
 function renderStrip() {

@@ -9,6 +9,7 @@ import { initImageSources } from "./images.js";
 import { closeDrawer, initLayout } from "./layout.js";
 import { initLightbox } from "./lightbox.js";
 import { initModels, onSettingsOpen, refreshModels, watchHealth } from "./models.js";
+import * as prefill from "./prefill.js";
 import { initScroll } from "./scroll.js";
 import { initSettings } from "./settings.js";
 import { initTheme } from "./theme.js";
@@ -24,6 +25,7 @@ function remember(id) {
 }
 
 async function select(id) {
+  prefill.drop();
   if (await chat.openConversation(id)) {
     setActive(id);
     remember(id);
@@ -33,6 +35,7 @@ async function select(id) {
 }
 
 function newChat() {
+  prefill.drop();
   chat.newChat();
   setActive(null);
   remember(null);
@@ -67,7 +70,8 @@ async function start() {
   initSettings({ onOpen: onSettingsOpen });
   initLayout();
   initShortcuts();
-  composer.initComposer({ onSend: chat.send, onStop: chat.stop });
+  composer.initComposer({ onSend: chat.send, onStop: chat.stop,
+    onDraft: (when) => prefill.draftChanged(chat.draftBody, when) });
   initImageSources((files) => composer.addFiles(files));
   chat.initChat({
     changed: async (conv) => {
