@@ -2,8 +2,8 @@
 
 In the batcher, stepped by hand: a request takes over a prefill that is still running and
 continues from where it got to (nothing evaluated twice, the same answer as alone); after a
-finished prefill only the text typed since is evaluated; a prefill never evicts a sequence a
-request used within --prefill-protect; while a request generates, a prefill's image waits.
+finished prefill only the text typed since is evaluated; a prefill never evicts another owner's
+sequence used within --prefill-protect; while a request generates, a prefill's image waits.
 Through the app: the route's answers, supersession and the one-per-owner bound, the same 4xx
 as a chat request for a bad image (nothing kept), DELETE, and owners kept apart. (A model
 not loaded and a switch racing prefills: test_switching.py; the gateway: test_gateway.py;
@@ -37,12 +37,12 @@ def engine(settings):
 class Background:
     """A prefill in the batcher, as the worker makes one."""
 
-    def __init__(self, engine, req):
+    def __init__(self, engine, req, owner=None):
         run = Run(engine, req)   # the same prompt a request would have
         self.prompt, self.end = run.prompt, None
         self.cancelled = False
         self.seq = Sequence(self.prompt, SamplingParams(), lambda: self.cancelled,
-                            self._emit, background=True)
+                            self._emit, background=True, owner=owner)
 
     def _emit(self, event):
         assert isinstance(event, Finished), event
@@ -104,7 +104,7 @@ def test_after_a_finished_prefill_only_the_text_typed_since_is_evaluated(engine)
     assert run.end.timings["prompt_tokens_evaluated"] <= typed_since + 16
 
 
-def test_a_prefill_never_evicts_a_conversation_used_within_prefill_protect(settings):
+def test_a_prefill_never_evicts_another_owners_conversation_used_within_prefill_protect(settings):
     engine = LlamaEngine(settings.replace(parallel=2, prefill_protect=60))
     try:
         _protected(engine)
@@ -115,18 +115,25 @@ def test_a_prefill_never_evicts_a_conversation_used_within_prefill_protect(setti
 def _protected(engine):
     first, second = Run(engine, request_of("Hello there.")), Run(engine, request_of("Hi!"))
     for run in (first, second):
+        run.seq.owner = "me"
         engine.batcher.admit(run.seq)
     step_until(engine, lambda: first.end and second.end, "both answers")
     kept = [list(s.kv.units) for s in engine.batcher.slots]
-    stranger = Background(engine, photo_request())
+    stranger = Background(engine, photo_request(), owner="someone else")
     assert not engine.batcher.admit(stranger.seq)   # both sequences are protected
     assert [list(s.kv.units) for s in engine.batcher.slots] == kept
     stranger.prompt.close()
+    # its owner's own new conversation may replace one of them
+    own = Background(engine, photo_request(), owner="me")
+    assert engine.batcher.admit(own.seq)
+    own.cancelled = True
+    step_until(engine, lambda: own.end is not None, "the cancelled prefill")
+    kept = [list(s.kv.units) for s in engine.batcher.slots]
     # a draft of the same conversation extends it: that evicts nothing
     follow_up = request_of("Hello there.", max_tokens=24)
     draft = Background(engine, follow_up.__class__(
         messages=(*follow_up.messages, *_turn(first.text, "And then?")),
-        params=follow_up.params))
+        params=follow_up.params), owner="someone else")
     assert engine.batcher.admit(draft.seq)
     step_until(engine, lambda: draft.end is not None, "the draft")
     assert draft.end.finish_reason == "done"
@@ -168,6 +175,25 @@ def test_while_a_request_generates_a_prefill_waits_at_its_image(engine):
     running.cancel_after = 0   # the request ends: the prefill goes on
     step_until(engine, lambda: bg.end is not None, "the prefill")
     assert bg.end.finish_reason == "done" and bg.end.timings["images_encoded"] == 1
+
+
+def test_a_prefills_image_is_two_steps_and_a_request_may_come_between(engine):
+    """The vision tower, then the LLM: a request arriving after the first waits for that
+    one only, and takes the encoded image from the cache."""
+    engine._forget_kv()
+    photo = data_url(70, 90, color=(7, 70, 7))
+    bg = Background(engine, photo_request(photo=photo))
+    assert engine.batcher.admit(bg.seq)
+    slot = bg.slot(engine)
+    image_at = next(iter(bg.prompt.images))
+    step_until(engine, lambda: slot.cursor == image_at, "the text before the image")
+    engine.batcher.step()
+    assert slot.cursor == image_at and slot.stats["images_encoded"] == 1   # encoded only
+    run = Run(engine, photo_request(photo=photo))
+    engine.batcher.admit(run.seq)
+    assert bg.end.finish_reason == "taken_over"
+    step_until(engine, lambda: run.end is not None, "the answer")
+    assert run.end.timings["images_encoded"] == 0 and run.end.timings["images_from_cache"] == 1
 
 
 # ---- through the app ---------------------------------------------------------------------

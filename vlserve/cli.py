@@ -75,8 +75,9 @@ PARALLEL = AutoOrCount("sequences", 1, 64, auto_parallel, "use 1 to 64 sequences
         help="Unload the model after this many idle seconds (0 = never); the next request "
              "loads it again.")
 @option("--prefill-protect", type=click.FloatRange(0), default=default("prefill_protect"),
-        help="Seconds after a request during which a background prefill (the page's prefill "
-             "while typing, POST /v1/chat/prefill) may not evict that conversation's cache.")
+        help="Seconds after a request during which another key's (or client's) background "
+             "prefill (the page's prefill while typing, POST /v1/chat/prefill) may not evict "
+             "that conversation's cache.")
 @option("--switch-on-request/--no-switch-on-request", default=default("switch_on_request"),
         help="A request whose 'model' names another model on disk loads it (as Ollama does); "
              "otherwise only POST /admin/models/load switches.")

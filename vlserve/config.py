@@ -58,8 +58,8 @@ class Settings:
     quant: str | None = None          # preferred catalog quant (None = the catalog's default)
     switch_on_request: bool = True    # a request naming another local model loads it
     keep_alive: float = 0             # seconds idle before the model is unloaded; 0 = never
-    prefill_protect: float = 60       # a prefill never evicts a sequence a request used this
-                                      # many seconds ago (engine.batch)
+    prefill_protect: float = 60       # a prefill never evicts a sequence another owner's
+                                      # request used this many seconds ago (engine.batch)
     webui_dir: str | None = None      # the chat page's folder (None: the package's own)
 
     # engine

@@ -6,7 +6,8 @@
 
 (`python scripts/bench.py …` in a checkout is the same command.)
 
-The scenarios (`--scenario decode|turns|gateway|parallel|structured|all`, default all):
+The scenarios (`--scenario decode|turns|gateway|parallel|structured|prefill|all`, default
+all):
 
 decode  starts the real server (gunicorn) on a free loopback port, streams requests through
         `/v1/chat/completions` and records time to first token and decode tokens/s; then,
@@ -19,6 +20,9 @@ turns   a 4-turn conversation about one photo (turn 1: image + question; turns 2
 gateway, parallel: the cost of forwarding; several streams at once (see scenarios.py).
 structured  the cost of a json_schema response_format, vlserve and llama-server, and of tool
             calls on vlserve (structured.py).
+prefill     what prefill while typing saves: the first token after Send with the photo
+            prefilled, against turn 1 and a follow-up without, and another user's stream
+            beside a prefill (prefill.py).
 
 Results print as Markdown tables and JSON.
 """
@@ -39,6 +43,7 @@ from ..library.tinymodel import make_model
 from .common import PEERS
 from .scenarios import (bench_api, bench_gateway, bench_parallel, bench_raw, bench_turns,
                         print_decode, print_turns)
+from .prefill import bench_prefill
 from .structured import bench_structured
 
 
@@ -60,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--scenario", default="all",
-                    choices=["decode", "turns", "gateway", "parallel", "structured", "all"])
+                    choices=["decode", "turns", "gateway", "parallel", "structured", "prefill",
+                             "all"])
     ap.add_argument("--tokens", type=int, default=64, help="decode: tokens to generate per run")
     ap.add_argument("--runs", type=int, default=3, help="decode: runs (median reported)")
     ap.add_argument("--turn-tokens", type=int, default=32, help="turns: max_tokens per turn")
@@ -107,6 +113,8 @@ def main(argv=None) -> None:
             result["parallel"] = bench_parallel(args)
         if args.scenario in ("structured", "all"):
             result["structured"] = bench_structured(args)
+        if args.scenario in ("prefill", "all"):
+            result["prefill"] = bench_prefill(args)
         print("\n" + json.dumps(result, indent=2))
     finally:
         if tmp:

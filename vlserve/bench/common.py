@@ -72,11 +72,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def start_server(args, port: int, parallel: int = 1) -> subprocess.Popen:
-    """vlserve; one sequence unless asked (the single-user scenarios compare one slot)."""
+def start_server(args, port: int, parallel: int | None = 1) -> subprocess.Popen:
+    """vlserve; one sequence unless asked (the single-user scenarios compare one slot),
+    None: its default."""
     cmd = [*SERVE, "--model", args.model, "--mmproj", args.mmproj, "--port", str(port),
            "--threads", str(args.threads),
-           "--ctx-size", str(args.ctx), "--log-level", "warning", "--parallel", str(parallel),
+           "--ctx-size", str(args.ctx), "--log-level", "warning",
+           *(["--parallel", str(parallel)] if parallel else []),
            "--queue-size", "16", "--kv-unified" if args.kv_unified else "--no-kv-unified"]
     if not args.repack:
         cmd.append("--no-repack")

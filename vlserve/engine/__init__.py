@@ -3,7 +3,8 @@ public step API (`llama`); what generating emits (`output`: Delta, Finished); th
 continuous batcher that drives those steps for many sequences at once (`batch`), each with
 its own grammar when its answer has a response_format (`guide`: llguidance); the KV
 prefix-reuse plan (`kvcache`); and the one engine thread with its queue of jobs and switches
-(`worker`, `jobs`), leases, idle unload, warm-up (`warmup`) and load events (`events`).
+(`worker`, `jobs`), background prefills (`prefills`), leases, idle unload, warm-up (`warmup`)
+and load events (`events`).
 llama.cpp's log goes to Python logging (`llamalog`).
 
 A llama.cpp object is touched only by the engine thread, or by an HTTP thread under a

@@ -30,11 +30,14 @@ Background prefills (prefill while typing: a `Sequence` with `background=True`) 
 draft conversation into a sequence and stop there, nothing sampled. They are guests:
 - a request takes any sequence a prefill holds as if it were free; when that prefill was
   of its own conversation it continues from where the prefill got to (`taken_over`);
-- a prefill gets a free sequence only if it would not evict the KV of a real request that
-  ended less than `settings.prefill_protect` seconds ago (extending that KV is fine);
+- a prefill gets a free sequence only if it would not evict the KV of another owner's
+  request that ended less than `settings.prefill_protect` seconds ago (extending that KV,
+  or evicting its owner's own earlier conversation, is fine);
 - while requests run, a prefill's images wait (a vision encode cannot be cut, and would
   stall their tokens for its whole length), and its text goes only into the spare room of
-  a step, at most BACKGROUND_SHARE of the engine's time (`_Credit`).
+  a step, at most BACKGROUND_SHARE of the engine's time (`_Credit`);
+- a prefill's image is two steps (the vision tower into the embedding cache, then the
+  LLM), so a request arriving during one waits for that one only.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class Sequence:
     stop: Callable[[], bool]             # the client left or the deadline passed
     emit: Callable[[object], None]       # Delta | Finished | an exception
     background: bool = False             # a prefill: evaluate the prompt, sample nothing
+    owner: str | None = None             # who sent it (a key's name, a client's address)
 
 
 class _Slot:
@@ -133,6 +137,7 @@ class _Slot:
         self.req: Sequence | None = None
         self.last_used = 0.0
         self.real_used = float("-inf")   # when a real request last held it (prefill_protect)
+        self.real_owner: str | None = None   # and whose it was
         self.admitted = 0.0
 
     def start(self, req: Sequence, skip: int) -> None:
@@ -219,7 +224,8 @@ class Batcher:
             if req.background:
                 protect = time.monotonic() - self.engine.settings.prefill_protect
                 free = [s for s in self.slots if s.req is None
-                        and (s.real_used < protect or plans[s][0] == len(s.kv.units))]
+                        and (s.real_used < protect or plans[s][0] == len(s.kv.units)
+                             or (req.owner is not None and s.real_owner == req.owner))]
                 if not free:
                     return False
             else:
@@ -327,9 +333,13 @@ class Batcher:
             return
         slot = min(waiting, key=lambda s: s.admitted)
         unit = slot.req.prompt.units[slot.cursor]
+        chunk = slot.req.prompt.images[slot.cursor]
         try:
-            self.engine.eval_image(slot.req.prompt.images[slot.cursor], unit, slot.seq_id,
-                                   slot.kv.end, slot.stats)
+            # a prefill's image in two steps, the vision tower then the LLM: a request that
+            # arrives meanwhile waits for one of the two (neither can be cut), not both
+            if slot.guest and self.engine.encode_to_cache(chunk, unit, slot.stats):
+                return
+            self.engine.eval_image(chunk, unit, slot.seq_id, slot.kv.end, slot.stats)
         except Exception as exc:
             self._forget(slot)
             self._fail(slot, exc)
@@ -485,7 +495,7 @@ class Batcher:
             slot.sampler = None
         slot.last_used = time.monotonic()
         if slot.real:
-            slot.real_used = slot.last_used
+            slot.real_used, slot.real_owner = slot.last_used, slot.req.owner
         slot.req, slot.pending, slot.guide = None, None, None
 
     def _forget(self, slot: _Slot) -> None:

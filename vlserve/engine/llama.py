@@ -477,12 +477,19 @@ class LlamaEngine:
         """Run the vision tower on the prompt's images that the embedding LRU lacks, into
         it, without a sequence (a prefill that found none free; counted in `stats`)."""
         for index, chunk in prompt.images.items():
-            unit = prompt.units[index]
-            if unit.key not in self._embeddings:
-                t = time.monotonic()
-                self._encode_image(chunk, unit)
-                stats["image_encode_ms"] += (time.monotonic() - t) * 1000
-                stats["images_encoded"] += 1
+            self.encode_to_cache(chunk, prompt.units[index], stats)
+
+    def encode_to_cache(self, chunk, unit: ImageUnit, stats: dict) -> bool:
+        """Run the vision tower into the embedding LRU, when the image is not there and its
+        embeddings fit (counted in `stats`). False when there was nothing to do."""
+        size = unit.n_tokens * self._n_embd_inp * np.dtype(np.float32).itemsize
+        if unit.key in self._embeddings or size > self._embeddings.maxsize:
+            return False
+        t = time.monotonic()
+        self._encode_image(chunk, unit)
+        stats["image_encode_ms"] += (time.monotonic() - t) * 1000
+        stats["images_encoded"] += 1
+        return True
 
     def _encode_image(self, chunk, unit: ImageUnit) -> np.ndarray:
         """Run the vision tower and keep a copy of its output in the embedding LRU."""

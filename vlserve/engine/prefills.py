@@ -156,7 +156,7 @@ class Prefills:
                 continue
             sequence = Sequence(prefill.prompt, SamplingParams(), lambda p=prefill: p.stopped,
                                 lambda event, p=prefill: self._ended(p, event),
-                                background=True)
+                                background=True, owner=prefill.owner)
             try:
                 admitted = runner.admit(sequence)
             except Exception as exc:

@@ -384,7 +384,8 @@ class Worker:
             job.served_model = self.model
             self._runner.admit(Sequence(job.prompt, job.params,
                                         lambda: job.cancelled or job.expired,
-                                        lambda event: self._deliver(job, event)))
+                                        lambda event: self._deliver(job, event),
+                                        owner=job.owner))
             self.prefills.supersede(job.owner)   # its draft is sent: the rest of its prefill is moot
         except APIError as exc:
             job.put(exc)

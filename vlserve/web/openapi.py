@@ -347,8 +347,8 @@ def _paths() -> dict:
                         "runs, it takes over its sequence; after, prefix reuse finds it. One "
                         "prefill per API key (per client address without keys): a newer one "
                         "supersedes the older. Requests always come first: a prefill never "
-                        "evicts a sequence a request used within `--prefill-protect` "
-                        "seconds, and while requests run its images wait and its text uses "
+                        "evicts another key's (client's) conversation used within "
+                        "`--prefill-protect` seconds, and while requests run its images wait and its text uses "
                         "at most 15% of the engine's time.")},
         "/v1/chat/prefill/{id}": {
             "get": _operation(
