@@ -96,6 +96,7 @@ def test_after_a_finished_prefill_only_the_text_typed_since_is_evaluated(engine)
     assert engine.batcher.admit(bg.seq)
     step_until(engine, lambda: bg.end is not None, "the prefill")
     assert bg.end.finish_reason == "done" and bg.end.timings["images_encoded"] == 1
+    assert bg.end.timings["images_from_cache"] == 0   # its own encode, not a cache hit
     run = Run(engine, photo_request(photo=photo))
     engine.batcher.admit(run.seq)
     step_until(engine, lambda: run.end is not None, "the answer")

@@ -207,6 +207,27 @@ def test_a_request_naming_another_model_loads_it(tiny_model, tmp_path):
         srv.stop()
 
 
+def test_a_prefill_queued_behind_a_switch_is_dropped_not_run_on_the_new_model(server):
+    """Prepared on tiny while a switch to small waits for a running answer: once the
+    switch is done the prefill is dropped (its prompt is tiny's), and small is not asked."""
+    assert load(server, "tiny").status_code == 200
+    never_ends = {"type": "json_schema", "json_schema": {"name": "long", "schema": {
+        "type": "string", "minLength": 100000}}}
+    long = threading.Thread(target=ask, args=(server,),
+                            kwargs={"max_tokens": 4000, "response_format": never_ends})
+    long.start()
+    wait_for(lambda: health(server)["busy"], "the long answer to be generating")
+    assert load(server, SMALL, wait=False).status_code == 202   # waits behind it
+    r = prefill(server)
+    assert r.status_code == 202 and r.json()["model"] == "tiny", r.text
+    state = requests.get(f"{server.url}/v1/chat/prefill/{r.json()['id']}?wait=60",
+                         timeout=90).json()
+    long.join(60)
+    assert state["state"] == "dropped", state
+    after = health(server)
+    assert after["model"] == SMALL and after["prefills"]["dropped"] >= 1
+
+
 def test_a_prefill_naming_a_model_not_loaded_does_not_switch(tiny_model, tmp_path):
     make_model(tmp_path / "models" / "small", "small")
     srv = LiveServer(tiny_model, "--no-warmup", log_path=tmp_path / "server.log")

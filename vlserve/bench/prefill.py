@@ -27,7 +27,8 @@ from .common import (LOG_DIR, free_port, peer_missing, photo_url, start_llama_se
                      start_server, stop, stream_chat, user_message)
 
 QUESTION = "What is in this photo? Describe the colours and the shapes."
-FOLLOW_UP = "Which colour covers the most of it?"
+# as long as QUESTION (59 characters): the follow-up evaluates a question of the same size
+FOLLOW_UP = "Which colour covers the most of it? Where do the shapes go?"
 DRAFTS = ("", "What is in", "What is in this photo? Describe")   # three typing pauses
 TYPING_S = 2.0
 STREAM_TOKENS = 96

@@ -151,6 +151,7 @@ class _Slot:
         self.pending: tuple[int, bytes] | None = None   # sampled, to decode next step
         self.t0, self.t1 = time.monotonic(), None
         self.stats = {"images_encoded": 0, "images_from_cache": 0, "image_encode_ms": 0.0}
+        self.encoded: str | None = None   # the image a prefill's last step encoded
         self.admitted = self.t0
 
     @property
@@ -338,8 +339,11 @@ class Batcher:
             # a prefill's image in two steps, the vision tower then the LLM: a request that
             # arrives meanwhile waits for one of the two (neither can be cut), not both
             if slot.guest and self.engine.encode_to_cache(chunk, unit, slot.stats):
+                slot.encoded = unit.key
                 return
-            self.engine.eval_image(chunk, unit, slot.seq_id, slot.kv.end, slot.stats)
+            # (the second step's cache hit is the first step's encode: not counted twice)
+            stats = slot.stats if slot.encoded != unit.key else dict.fromkeys(slot.stats, 0)
+            self.engine.eval_image(chunk, unit, slot.seq_id, slot.kv.end, stats)
         except Exception as exc:
             self._forget(slot)
             self._fail(slot, exc)

@@ -75,4 +75,3 @@ class Switch:
     def finish(self, error: APIError | None = None) -> None:
         self.error = error
         self.done.set()
-

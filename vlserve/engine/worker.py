@@ -365,8 +365,6 @@ class Worker:
             self._waiting -= 1
         return True
 
-    # -- jobs (engine thread) --
-
     def _admit(self, job: Job) -> None:
         if job.cancelled:
             job.put(self._count(job, Finished("cancelled", 0, 0)))
@@ -386,7 +384,7 @@ class Worker:
                                         lambda: job.cancelled or job.expired,
                                         lambda event: self._deliver(job, event),
                                         owner=job.owner))
-            self.prefills.supersede(job.owner)   # its draft is sent: the rest of its prefill is moot
+            self.prefills.supersede(job.owner)   # its draft was sent: the rest is moot
         except APIError as exc:
             job.put(exc)
             job.close()
