@@ -45,7 +45,8 @@ def create():
         prompt = Preparation(req, images)(engine)
         prefill = worker.prefill(prompt, engine, owner=identity())
     g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
-    g.record["model"] = prefill.model
+    g.record.update(model=prefill.model, prompt_tokens=prompt.n_tokens,
+                    image_tokens=prompt.image_tokens)   # the audit log's line
     response = jsonify({**prefill.view(), "accepted": True})
     response.status_code = 202
     response.headers["Location"] = f"/v1/chat/prefill/{prefill.id}"
