@@ -323,3 +323,25 @@ def test_a_conversation_that_fits_is_tokenized_once(client, engine, monkeypatch)
     monkeypatch.setattr(engine, "count_tokens", must_not_count)
     r = client.post(CHAT, json={"messages": [user(("img", data_url()), "hi")], "max_tokens": 2})
     assert r.status_code == 200 and "context" not in r.get_json()
+
+
+# ---- a model with random weights (the demo) -----------------------------------------------
+
+NEVER_ENDS = {"type": "json_schema", "json_schema": {"name": "long", "schema": {
+    "type": "string", "minLength": 100000}}}   # noise that cannot end by itself
+
+
+def test_random_weights_answers_are_capped_unless_max_tokens_says(client):
+    """The generated models say their weights are random: an answer without max_tokens
+    stops at 256 tokens instead of filling the context; max_tokens still wins; /health and
+    the model card say so (the page shows it)."""
+    body = {"messages": [{"role": "user", "content": "Hello!"}], "response_format": NEVER_ENDS}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["usage"]["completion_tokens"] == 256
+    assert r.get_json()["choices"][0]["finish_reason"] == "length"
+    r = client.post("/v1/chat/completions", json={**body, "max_tokens": 300})
+    assert r.get_json()["usage"]["completion_tokens"] == 300
+    assert client.get("/health").get_json()["random_weights"] is True
+    card = next(m for m in client.get("/v1/models").get_json()["data"] if m["loaded"])
+    assert card["meta"]["random_weights"] is True

@@ -1290,3 +1290,11 @@ def test_a_server_without_prefill_is_asked_once_and_the_page_works(server, open_
     expect(page.get_by_test_id("message-stats")).to_have_count(1, timeout=30_000)
     assert len(asked) == 1, asked
     expect(page.get_by_test_id("toast")).to_have_count(0)
+
+
+def test_the_demo_model_says_its_answers_are_noise(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    banner = page.get_by_test_id("demo-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("Random weights")

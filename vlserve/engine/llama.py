@@ -38,6 +38,7 @@ from ..config import Settings, context_size
 from ..errors import ContextLengthError, ImageError, InternalError, InvalidRequestError
 from ..chat.images import PreparedImage
 from ..library.disk import PairingError, check_pair
+from ..library.ggufmeta import RANDOM_WEIGHTS_KEY
 from .kvcache import ImageUnit, Unit, n_tokens
 from ..chat.protocol import ChatRequest, ImagePart, Message, SamplingParams, TextPart
 from ..chat.reasoning import template_opens_thinking
@@ -50,6 +51,9 @@ FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
               "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
               "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 PENALTY_LAST_N = 64
+# Answers of a model with random weights (the demo) stop here unless max_tokens says
+# otherwise: noise has no end of its own and would fill the whole context.
+RANDOM_WEIGHTS_MAX_TOKENS = 256
 
 
 class EngineLoadError(RuntimeError):
@@ -185,6 +189,7 @@ class LlamaEngine:
             "gpu_offload": llama_cpp.llama_supports_gpu_offload(),
             "n_gpu_layers": self.n_gpu_layers, "thinking": self.opens_thinking,
             "tools": self.renders_tools, "vision": True, "load_seconds": round(self.load_seconds, 3),
+            "random_weights": self.random_weights,
         }
         log.info("loaded %s (%s, n_ctx=%d) in %.2fs", self.model_id,
                  self.info["architecture"], self.n_ctx, self.load_seconds)
@@ -222,6 +227,7 @@ class LlamaEngine:
         probe = (Message("user", (TextPart("Hi"),)),)
         self.opens_thinking = template_opens_thinking(self._template.render(probe, self._marker))
         self.renders_tools = self._template.renders_tools()
+        self.random_weights = self._meta.get(RANDOM_WEIGHTS_KEY) == "true"
 
     def _open_model(self, settings: Settings, n_gpu_layers: int) -> int:
         """Model and context with `n_gpu_layers` offloaded (either may run out of GPU
@@ -410,6 +416,8 @@ class LlamaEngine:
             raise ContextLengthError(
                 f"this model's context is {self.n_ctx} tokens; the prompt has {n_prompt} and "
                 f"max_tokens asks for {max_tokens} more (at most {room} fit)", param="max_tokens")
+        if max_tokens is None and self.random_weights:
+            return min(room, RANDOM_WEIGHTS_MAX_TOKENS)
         return max_tokens if max_tokens is not None else room
 
     # -- evaluation and sampling (worker thread only) --

@@ -13,6 +13,10 @@ import struct
 
 import gguf
 
+# Set (true) in the models vlserve generates (library/tinymodel): their weights are random,
+# so the engine caps their answers and the page says so.
+RANDOM_WEIGHTS_KEY = "vlserve.random_weights"
+
 # GGUF metadata value types -> struct codes (gguf.GGUFValueType numbering)
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
            10: "Q", 11: "q", 12: "d"}

@@ -29,6 +29,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from .ggufmeta import RANDOM_WEIGHTS_KEY
+
 QUANT_TYPES = {
     "f32": gguf.GGMLQuantizationType.F32,
     "f16": gguf.GGMLQuantizationType.F16,
@@ -44,7 +46,8 @@ FILE_TYPES = {
 F32 = gguf.GGMLQuantizationType.F32
 # Raised whenever a change here changes the files written: the demo model's file names carry
 # it, so an older demo model on disk is not taken for the current one (it is made again).
-GENERATOR_VERSION = 3   # 2: the tool-call tokens; 3: Qwen3-VL's own chat template
+GENERATOR_VERSION = 4   # 2: the tool-call tokens; 3: Qwen3-VL's own chat template;
+                        # 4: marked as random weights (vlserve.random_weights)
 DEMO_NAME = f"vlserve-demo-g{GENERATOR_VERSION}"
 
 
@@ -371,6 +374,7 @@ def write_text_model(path: Path, d: TextDims, vision: VisionDims, quant: str, se
     w = gguf.GGUFWriter(None, "qwen3vl")
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(path.stem)
+    w.add_bool(RANDOM_WEIGHTS_KEY, True)   # the server caps its answers and says so
     w.add_context_length(d.n_ctx)
     w.add_embedding_length(d.n_embd)
     w.add_block_count(d.n_layer)

@@ -21,6 +21,7 @@ const isUpstream = (model) => Boolean(model && model.backend && model.backend !=
 export function initModels() {
   ui = {
     pill: document.getElementById("model-pill"),
+    demo: document.getElementById("demo-banner"),
     dot: document.getElementById("model-dot"),
     name: document.getElementById("model-name"),
     empty: document.getElementById("empty-model"),
@@ -44,6 +45,7 @@ export async function refreshModels() {
     const body = await getJSON("/v1/models", { cache: "no-store" });
     state.models = Array.isArray(body.data) ? body.data : [];
     const loaded = state.models.find((m) => m.loaded);
+    if (loaded?.meta) ui.demo.hidden = loaded.meta.random_weights !== true;
     if (loaded && !state.switching) {
       state.loaded = loaded.id;
       setStatus(loaded.status === "ready" ? "ready" : loaded.status);
@@ -112,6 +114,7 @@ export async function watchHealth({ quiet = false } = {}) {
   clearTimeout(healthTimer);
   const health = await getHealth();
   const status = health.status === "ok" ? "ready" : health.status;
+  if (status === "ready") ui.demo.hidden = health.random_weights !== true;   // the demo model
   if (health.model && !state.switching) state.loaded = health.model;
   setStatus(status);
   // "auth": /v1/models, fetched next, asks for the key
