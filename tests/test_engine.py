@@ -146,3 +146,23 @@ def test_a_load_that_fails_with_many_gpu_layers_is_retried_with_fewer(settings, 
         assert "retrying with" in caplog.text
     finally:
         eng.close()
+
+
+def test_the_context_log_lines_agree(settings, caplog):
+    """llama.cpp's "n_ctx_seq > n_ctx_train" counts the whole unified KV: with each
+    sequence's share within the training length nothing warns; past it, vlserve warns in
+    its own terms (issue 20, item 9)."""
+    import logging
+    from vlserve.engine.llama import LlamaEngine
+    for n_ctx, warns in ((4096, False), (8192, True)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="vlserve"):
+            LlamaEngine(settings.replace(n_ctx=n_ctx, parallel=2)).close()
+        loaded = [r.getMessage() for r in caplog.records if "loaded" in r.getMessage()]
+        assert loaded and f"2 sequences x n_ctx={n_ctx} tokens" in loaded[0], loaded
+        assert f"one KV of {2 * n_ctx} cells; trained on 4096" in loaded[0]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+                    and "context" in r.getMessage()]
+        assert bool(warnings) is warns, warnings
+        if warns:
+            assert "--ctx-size 4096" in warnings[0]

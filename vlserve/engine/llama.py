@@ -191,8 +191,17 @@ class LlamaEngine:
             "tools": self.renders_tools, "vision": True, "load_seconds": round(self.load_seconds, 3),
             "random_weights": self.random_weights,
         }
-        log.info("loaded %s (%s, n_ctx=%d) in %.2fs", self.model_id,
-                 self.info["architecture"], self.n_ctx, self.load_seconds)
+        # in llama.cpp's terms too: its "n_ctx_seq" line counts the whole unified KV, which
+        # any one sequence may fill, where ours is each sequence's share
+        log.info("loaded %s (%s) in %.2fs: %d sequences x n_ctx=%d tokens, one KV of %d "
+                 "cells; trained on %d", self.model_id, self.info["architecture"],
+                 self.load_seconds, self.parallel, self.n_ctx, self._ctx.n_ctx(),
+                 self.info["n_ctx_train"])
+        if self.n_ctx > self.info["n_ctx_train"]:
+            log.warning("each sequence's context (%d tokens) is longer than %s was trained on "
+                        "(%d): answers past that may degrade; --ctx-size %d avoids it",
+                        self.n_ctx, self.model_id, self.info["n_ctx_train"],
+                        self.info["n_ctx_train"])
 
     def _open(self, settings: Settings) -> None:
         wanted, n_layers = gpu_layers(settings)

@@ -17,6 +17,10 @@ log = logging.getLogger("vlserve.llama")
 # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama-cpp-python's comment is stale).
 GGML_WARN, GGML_ERROR, GGML_CONT = 3, 4, 5
 _last_level = 0
+# llama.cpp warns when its "n_ctx_seq" exceeds the training context; with a unified KV that
+# counts every sequence's cells, while the engine holds each request to its share (and says
+# so, warning itself when that share is too long): an info line, not a warning.
+_INFO_ONLY = ("llama_context: n_ctx_seq (",)
 
 
 @llama_cpp.llama_log_callback
@@ -27,7 +31,10 @@ def _forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if _last_level in (GGML_WARN, GGML_ERROR):
         line = text.decode("utf-8", errors="replace").rstrip()
         if line:
-            log.log(logging.ERROR if _last_level == GGML_ERROR else logging.WARNING, "%s", line)
+            level = logging.ERROR if _last_level == GGML_ERROR else logging.WARNING
+            if line.startswith(_INFO_ONLY):
+                level = logging.INFO
+            log.log(level, "%s", line)
 
 
 def install() -> None:
