@@ -107,11 +107,22 @@ def test_max_tokens_beyond_the_remaining_context_is_refused(engine):
 
 
 def test_without_max_tokens_the_budget_is_the_rest_of_the_context(engine):
+    """A real model may answer with the rest of the context; a generated one (random
+    weights, as its GGUF says) stops at RANDOM_WEIGHTS_MAX_TOKENS."""
+    from vlserve.engine.llama import RANDOM_WEIGHTS_MAX_TOKENS
+    assert engine.random_weights
     prompt = engine.prepare(request("hello"), [])
     try:
-        assert prompt.max_new_tokens == N_CTX - prompt.n_tokens
+        assert prompt.max_new_tokens == min(N_CTX - prompt.n_tokens, RANDOM_WEIGHTS_MAX_TOKENS)
     finally:
         prompt.close()
+    engine.random_weights = False   # as a real model's GGUF, which has no such key
+    try:
+        prompt = engine.prepare(request("hello"), [])
+        assert prompt.max_new_tokens == N_CTX - prompt.n_tokens
+        prompt.close()
+    finally:
+        engine.random_weights = True
 
 
 def test_special_tokens_in_user_text_cannot_fake_an_image(engine):
