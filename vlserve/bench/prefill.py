@@ -140,19 +140,11 @@ def _measure(url: str) -> dict:
 def _stream_beside_a_prefill(url: str, other: list) -> dict:
     """The other user's stream; once it is decoding, a prefill of a new photo arrives."""
     result: dict = {}
-    started = threading.Event()
-
-    def run():
-        result.update(stream_chat(url, other, STREAM_TOKENS, seed=1))
-
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(
+        target=lambda: result.update(stream_chat(url, other, STREAM_TOKENS, seed=1)))
     thread.start()
-    while not started.is_set() and thread.is_alive():
-        busy = requests.get(f"{url}/health", timeout=10).json().get("busy")
-        if busy:
-            started.set()
-        else:
-            time.sleep(0.05)
+    while thread.is_alive() and not requests.get(f"{url}/health", timeout=10).json()["busy"]:
+        time.sleep(0.05)   # the bench's own poll: until the stream runs
     prefill_id = _prefill(url, 5, "What")
     thread.join()
     state = _ended(url, prefill_id)

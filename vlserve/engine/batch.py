@@ -189,10 +189,6 @@ class Batcher:
         return sum(s.real for s in self.slots)
 
     @property
-    def background(self) -> int:
-        return sum(s.guest for s in self.slots)
-
-    @property
     def free(self) -> int:
         """Sequences a request may take now (a prefill's included)."""
         return len(self.slots) - self.active

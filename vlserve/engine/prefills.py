@@ -40,8 +40,9 @@ PREFILL_ENDS = ("done", "images_cached", "taken_over", "superseded", "cancelled"
 
 class Prefill:
     """A draft conversation to evaluate into a sequence before it is sent (prefill while
-    typing). The engine thread moves it queued -> waiting -> running -> one of PREFILL_ENDS; any
-    thread may read `view()` (a copy taken under its lock) or wait for `ended`."""
+    typing). The engine thread moves it queued -> waiting -> running -> one of
+    PREFILL_ENDS; any thread may read `view()` (a copy taken under its lock) or wait for
+    `ended`."""
 
     def __init__(self, prompt: Prompt, engine: Engine, *, owner: str, model: str,
                  deadline: float):
@@ -70,18 +71,18 @@ class Prefill:
         with self._lock:
             self._state = state
 
-    def end(self, state: str, result: dict | None = None) -> bool:
-        """Its one ending (engine thread; False if it had ended already); a cancelled one
-        ends as what cancelled it."""
+    def end(self, state: str, result: dict | None = None) -> str | None:
+        """Its one ending (engine thread): the state it ended in (a cancelled one ends as
+        what cancelled it), None if it had ended already."""
         if self.ended.is_set():
-            return False
+            return None
         with self._lock:
             if state == "cancelled" and self._reason is not None:
                 state = self._reason
             self._state, self._result = state, dict(result or {})
         self.prompt.close()
         self.ended.set()
-        return True
+        return state
 
     def view(self) -> dict:
         with self._lock:
@@ -148,7 +149,10 @@ class Prefills:
 
     def start(self, runner: Batcher, engine: Engine, requests_running: bool) -> None:
         """Give waiting prefills a sequence. One that finds none it may use, while no
-        request runs, has its images encoded into the embedding cache and ends there."""
+        request runs, has its images encoded into the embedding cache and ends there.
+        (Called at every turn of the engine loop: nothing to do costs nothing.)"""
+        if not self._waiting:
+            return
         for prefill in list(self._waiting.values()):
             if prefill.stopped or prefill.engine is not engine:
                 self._leave(prefill)
@@ -189,9 +193,10 @@ class Prefills:
             prefill.cancel("dropped")
 
     def end(self, prefill: Prefill, state: str, result: dict | None = None) -> None:
-        if prefill.end(state, result):
+        ended = prefill.end(state, result)
+        if ended is not None:
             with self._lock:
-                self._ends[prefill.view()["state"]] += 1
+                self._ends[ended] += 1
 
     def _leave(self, prefill: Prefill, *, running: bool = False) -> None:
         """Out of waiting (into running)."""

@@ -4,7 +4,9 @@ the model of the tests and benchmarks.
 The files use the real Qwen3-VL layout (`qwen3vl` text architecture, `qwen3vl_merger`
 projector with deepstack layers, byte-level BPE vocab with the Qwen special tokens and the
 chat template of the official Qwen3-VL-8B-Instruct GGUF, tools section included), so
-llama.cpp and vlserve run their real code paths on them; only the weights are random.  Generated text is gibberish, but always printable ASCII (see `output_head`).
+llama.cpp and vlserve run their real code paths on them; only the weights are random (and
+the files say so: `vlserve.random_weights`). Generated text is gibberish, but always
+printable ASCII (see `output_head`).
 
     python -m vlserve.library.tinymodel [--out-dir models/tiny] [--preset tiny|small|bench]
                                         [--thinking] [--quant f32|f16|q8_0|q4_0] [--seed 0]

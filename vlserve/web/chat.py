@@ -14,6 +14,7 @@ from ..chat.prompt import Preparation
 from ..chat.protocol import ChatRequest, ImagePart, new_completion_id, parse_chat_request
 from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..gateway.upstream import LOCAL
+from ..library.disk import LocalModel
 from ..ops import auth
 from ..ops.limits import identity
 
@@ -100,9 +101,7 @@ def _target_model(name: str | None, settings) -> str | None:
     switching on request is on; otherwise None (whichever is loaded — clients that send a
     fixed name such as "gpt-4o" keep working). Switching the model is everyone's business:
     with keys configured, naming a model that is not the loaded one needs the admin scope."""
-    if not name or not settings.switch_on_request:
-        return None
-    model = state.library().get(name)
+    model = named_model(name, settings)
     if model is None:
         return None
     if model.id != state.worker().model and not auth.may("admin"):
@@ -112,6 +111,14 @@ def _target_model(name: str | None, settings) -> str | None:
             f"{', '.join(sorted(auth.scopes()))}); use the loaded model "
             f"{state.worker().model!r} or ask an admin", param="model", code="model_switch_forbidden")
     return model.id
+
+
+def named_model(name: str | None, settings) -> LocalModel | None:
+    """The local model on disk a request's `model` names, when naming one switches to it
+    (--switch-on-request); None: the request runs on whichever is loaded."""
+    if not name or not settings.switch_on_request:
+        return None
+    return state.library().get(name)
 
 
 def _decode_images(req: ChatRequest, settings) -> dict[ImagePart, PreparedImage]:

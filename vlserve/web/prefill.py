@@ -16,7 +16,7 @@ from __future__ import annotations
 from flask import g, jsonify, request
 
 from . import state
-from .chat import request_images, upstream_model
+from .chat import named_model, request_images, upstream_model
 from .lifecycle import json_body
 from ..chat.prompt import Preparation
 from ..chat.protocol import parse_chat_request
@@ -37,7 +37,8 @@ def create():
     worker.check_accepting()
     images = request_images(req, settings)
     g.record["backend"] = LOCAL
-    wanted = _wanted_model(req.model)
+    named = named_model(req.model, settings)
+    wanted = named.id if named is not None else None
     with worker.lease(wanted) as engine:
         if engine is None:   # a prefill never loads or switches a model
             return _declined(wanted or state.model_id(), "model_not_loaded",
@@ -79,16 +80,6 @@ def _find(prefill_id: str):
         raise NotFoundError(f"no prefill {prefill_id!r} (they are kept for a while, and "
                             "only for whoever made them)", code="prefill_not_found")
     return prefill
-
-
-def _wanted_model(name: str | None) -> str | None:
-    """The local model a request naming `name` would run on: that model when it is on
-    disk (it may not be loaded) and switching on request is on, else whichever is loaded
-    (None): as web.chat decides."""
-    if not name or not state.get()["settings"].switch_on_request:
-        return None
-    model = state.library().get(name)
-    return model.id if model is not None else None
 
 
 def _declined(model: str, code: str, message: str):
