@@ -76,6 +76,7 @@ class ChatRequest:
     model: str | None = None
     stream: bool = False
     include_usage: bool = False
+    return_progress: bool = False     # prompt_progress chunks before the first token
     reasoning_inline: bool = False    # reasoning_format "none": <think>…</think> in content
     tools: Tools | None = None
 
@@ -93,6 +94,13 @@ MODEL = Text("model", description=(
 STREAM = Flag("stream", description="Server-sent events: `data: {chunk}` ... `data: [DONE]`.")
 STREAM_OPTIONS = Options("stream_options", {
     "include_usage": "A last chunk with `usage` and no choices."})
+RETURN_PROGRESS = Flag("return_progress", description=(
+    "With `stream`: before the first token, chunks with `prompt_progress` (llama.cpp's "
+    "shape: `total`, `cache`, `processed`, `time_ms`; plus `images`: `total`, `done`, "
+    "`tokens_left`, `encoding`) and empty `choices[0].delta`: one as the prompt starts, one before and after "
+    "each image encoded, one per prompt slice, the last with `processed` = `total`. For "
+    "local models; a non-streamed answer has nowhere to put them (llama.cpp's server "
+    "ignores it there too)."))
 MAX_TOKENS = Number("max_tokens", 1, None, integer=True, description=(
     "At most the server's `--max-tokens-cap` (default: the context size); above it 400. "
     "Default: what is left of the context."))
@@ -121,7 +129,7 @@ RESPONSE_FORMAT = ResponseFormat("response_format", description=(
     "token by token; it ends when the JSON is complete (`finish_reason` `stop`), or is cut "
     "by max_tokens (`length`: then it is not complete). A Thinking model reasons freely "
     "first. Not combinable with `stop`."))
-FIELDS = (MODEL, STREAM, STREAM_OPTIONS, MAX_TOKENS, MAX_COMPLETION_TOKENS, *SAMPLING, N,
+FIELDS = (MODEL, STREAM, STREAM_OPTIONS, RETURN_PROGRESS, MAX_TOKENS, MAX_COMPLETION_TOKENS, *SAMPLING, N,
           REASONING_FORMAT, RESPONSE_FORMAT)
 
 
@@ -243,6 +251,7 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int) -> ChatRequest:
         model=model,
         stream=stream,
         include_usage=options["include_usage"],
+        return_progress=RETURN_PROGRESS.read(body),
         reasoning_inline=reasoning == "inline",
         tools=tools,
     )
@@ -384,15 +393,26 @@ def answer_schemas(ref: Callable[[str], dict]) -> dict:
                                               "content": string, "reasoning_content": string,
                                               "tool_calls": {"type": "array",
                                                              "items": call_delta}}}
-    chunk = object_schema(answer("chat.completion.chunk", {
+    progress = object_schema({
+        "total": count, "cache": count, "processed": count,
+        "time_ms": {"type": "number", "minimum": 0},
+        "images": object_schema({"total": count, "done": count, "tokens_left": count,
+                                 "encoding": {"type": "boolean",
+                                              "description": "An image is being encoded now."}},
+                                description="The images past the cache; `tokens_left`: "
+                                            "the prompt tokens of those not in yet.")},
+        description="How far the prompt is (`return_progress`): `processed` (cache "
+                    "included) reaches `total` in the last one.")
+    chunk = object_schema({**answer("chat.completion.chunk", {
         "type": "array", "maxItems": 1, "items": object_schema({
             "index": {"const": 0}, "delta": delta, "logprobs": {"type": "null"},
-            "finish_reason": {"enum": [*reasons, None]}})}),
+            "finish_reason": {"enum": [*reasons, None]}})}), "prompt_progress": progress},
         always,
         description="One stream event. The first carries the role (and `context` when the "
-                    "conversation was fitted); the last with choices carries "
-                    "`finish_reason` and `timings`; with `include_usage` one more carries "
-                    "`usage` and no choices.")
+                    "conversation was fitted); with `return_progress`, chunks with "
+                    "`prompt_progress` and an empty delta come before the first token; the "
+                    "last with choices carries `finish_reason` and `timings`; with "
+                    "`include_usage` one more carries `usage` and no choices.")
     usage = object_schema({
         "prompt_tokens": count, "completion_tokens": count, "total_tokens": count,
         "prompt_tokens_details": object_schema({"cached_tokens": count,

@@ -49,7 +49,7 @@ from typing import Callable
 
 import llama_cpp
 
-from .output import Delta, Finished
+from .output import Delta, Finished, Progress
 from ..errors import APIError, InternalError
 from .kvcache import ImageUnit, KVRecord, n_tokens, plan_reuse
 from ..chat.protocol import SamplingParams
@@ -126,6 +126,7 @@ class Sequence:
     emit: Callable[[object], None]       # Delta | Finished | an exception
     background: bool = False             # a prefill: evaluate the prompt, sample nothing
     owner: str | None = None             # who sent it (a key's name, a client's address)
+    progress: bool = False               # emit `Progress` while its prompt is evaluated
 
 
 class _Slot:
@@ -153,6 +154,18 @@ class _Slot:
         self.stats = {"images_encoded": 0, "images_from_cache": 0, "image_encode_ms": 0.0}
         self.encoded: str | None = None   # the image a prefill's last step encoded
         self.admitted = self.t0
+        # for Progress: prompt tokens in the KV (cache included), images past the cache
+        self.processed = self.cached
+        images = [u for u in req.prompt.units[skip:] if isinstance(u, ImageUnit)]
+        self.images, self.images_done = len(images), 0
+        self.image_tokens_left = sum(u.n_tokens for u in images)
+
+    def progress(self, encoding: bool = False) -> None:
+        """Tell a request that asked how far its prompt is."""
+        if self.req.progress:
+            self.req.emit(Progress(self.cached + self.evaluated, self.cached, self.processed,
+                                   (time.monotonic() - self.t0) * 1000, self.images,
+                                   self.images_done, self.image_tokens_left, encoding))
 
     @property
     def prefilling(self) -> bool:
@@ -249,6 +262,7 @@ class Batcher:
                 self._forget(slot)   # memory that cannot be cut (recurrent models): start over
                 skip = 0
             slot.start(req, skip)
+            slot.progress()
             return True
 
     def step(self) -> None:
@@ -339,6 +353,7 @@ class Batcher:
                 return
             # (the second step's cache hit is the first step's encode: not counted twice)
             stats = slot.stats if slot.encoded != unit.key else dict.fromkeys(slot.stats, 0)
+            slot.progress(encoding=True)
             self.engine.eval_image(chunk, unit, slot.seq_id, slot.kv.end, stats)
         except Exception as exc:
             self._forget(slot)
@@ -346,6 +361,11 @@ class Batcher:
             return
         slot.kv.append(unit, unit.n_pos)
         slot.cursor += 1
+        slot.processed += unit.n_tokens
+        slot.images_done += 1
+        slot.image_tokens_left -= unit.n_tokens
+        if slot.prefilling:   # (the prompt's end is told by the step that ends it)
+            slot.progress()
 
     def _build(self):
         """(items, owners): batch items (token, pos, seq, logits) and, per item, its slot
@@ -379,7 +399,7 @@ class Batcher:
         return items, owners
 
     def _after_decode(self, items, owners) -> None:
-        sample = []
+        sample, prompted = [], {}
         for i, ((token, _pos, _seq, _logits), (slot, (kind, extra))) in \
                 enumerate(zip(items, owners)):
             if kind == "gen":
@@ -389,6 +409,9 @@ class Batcher:
             else:
                 slot.kv.append(token, 1)
                 slot.cursor += 1
+                slot.processed += 1
+                if slot.real:
+                    prompted[slot] = None   # one Progress per slice, before any token
                 if extra and slot.guest:   # a prefill is done: nothing to sample
                     slot.t1 = time.monotonic()
                     self._finish(slot, "done")
@@ -399,6 +422,9 @@ class Batcher:
                         self._fail(slot, exc)
                         continue
                     sample.append((slot, i))
+        for slot in prompted:
+            if slot.req is not None:
+                slot.progress()
         for slot, index in sample:
             if slot.req is not None:
                 self._sample(slot, index)

@@ -10,11 +10,11 @@ import time
 from typing import Callable
 
 from .llama import Engine, Prompt
-from .output import Delta, Finished
+from .output import Delta, Finished, Progress
 from ..chat.protocol import SamplingParams
 from ..errors import APIError
 
-Event = Delta | Finished | APIError
+Event = Progress | Delta | Finished | APIError
 
 
 class Job:
@@ -24,8 +24,9 @@ class Job:
 
     def __init__(self, params: SamplingParams, deadline: float, *, prompt: Prompt | None,
                  engine: Engine | None, prepare: Callable[[Engine], Prompt] | None,
-                 model: str | None, owner: str | None = None):
+                 model: str | None, owner: str | None = None, progress: bool = False):
         self.params = params
+        self.progress = progress    # it asked for Progress events before its first token
         self.owner = owner          # who sent it (a key's name or an address): its prefills
         self.deadline = deadline
         self.prompt, self.engine, self.prepare = prompt, engine, prepare

@@ -45,7 +45,7 @@ from .batch import Sequence
 from .jobs import Job, Switch
 from .prefills import Prefill, Prefills
 from .llama import Engine, Prompt
-from .output import Delta, Finished
+from .output import Delta, Finished, Progress
 from .warmup import warm_up
 from ..errors import (APIError, InternalError, ModelLoadError, ServiceUnavailableError,
                      TimeoutError_)
@@ -55,8 +55,8 @@ from ..chat.protocol import SamplingParams
 log = logging.getLogger("vlserve.worker")
 
 ARRIVAL_WAIT = 0.05   # seconds a new prefill waits for requests still on their way in
-Progress = Callable[[float], None]
-Loader = Callable[[str | None, Progress], Engine]   # (model id, progress 0..1) -> engine
+LoadProgress = Callable[[float], None]
+Loader = Callable[[str | None, LoadProgress], Engine]   # (model id, progress 0..1) -> engine
 
 
 class Worker:
@@ -197,14 +197,16 @@ class Worker:
 
     def submit(self, prompt: Prompt | None, params: SamplingParams, *,
                prepare: Callable[[Engine], Prompt] | None = None, model: str | None = None,
-               engine: Engine | None = None, owner: str | None = None) -> Job:
+               engine: Engine | None = None, owner: str | None = None,
+               progress: bool = False) -> Job:
         """Queue a request: `prompt` prepared on `engine` (under a lease), or None to have
-        the engine thread prepare it. `owner`'s prefill, if any, ends when it starts."""
+        the engine thread prepare it. `owner`'s prefill, if any, ends when it starts.
+        `progress`: the job also gets `Progress` events while its prompt is evaluated."""
         if prompt is not None and engine is None:
             raise TypeError("a prepared prompt needs the engine it was prepared on")
         job = Job(params, time.monotonic() + self.request_timeout, prompt=prompt,
                   engine=engine if prompt is not None else None, prepare=prepare, model=model,
-                  owner=owner)
+                  owner=owner, progress=progress)
         with self._lock:
             if self.state == "stopped":
                 job.close()
@@ -383,7 +385,7 @@ class Worker:
             self._runner.admit(Sequence(job.prompt, job.params,
                                         lambda: job.cancelled or job.expired,
                                         lambda event: self._deliver(job, event),
-                                        owner=job.owner))
+                                        owner=job.owner, progress=job.progress))
             self.prefills.supersede(job.owner)   # its draft was sent: the rest is moot
         except APIError as exc:
             job.put(exc)
@@ -403,7 +405,7 @@ class Worker:
         elif isinstance(event, Exception) and not isinstance(event, APIError):
             log.error("generation failed: %r", event)
             event = InternalError(f"generation failed: {type(event).__name__}")
-        if isinstance(event, Delta):
+        if isinstance(event, (Delta, Progress)):
             job.put(event)
             return
         self._running -= 1   # before the client hears it is done, so that it reads us idle

@@ -17,7 +17,7 @@ from ..chat.answer import Answer, Deltas, finish_reason, shape_answer
 from ..chat.prompt import Preparation
 from ..chat.protocol import ChatRequest, chunk, completion, usage_dict
 from ..engine.jobs import Job
-from ..engine.output import Delta, Finished
+from ..engine.output import Delta, Finished, Progress
 from ..errors import APIError
 from ..gateway.upstream import LOCAL
 from ..ops import audit
@@ -201,6 +201,10 @@ def _sse(job: Job, req: ChatRequest, reply: Reply) -> Iterator[str]:
                     _mark_cancelled()
                     return
                 yield ": keep-alive\n\n"   # holds proxies open during long prefills
+            elif isinstance(event, Progress):
+                progress = chunk(cid, name, created, {})
+                progress["prompt_progress"] = event.to_dict()
+                yield sse_data(progress)
             elif isinstance(event, Delta):
                 ttft = ttft or time.monotonic() - t0
                 name = job_model(job, reply)

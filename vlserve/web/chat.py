@@ -55,7 +55,7 @@ def chat_completions():
         with worker.lease(target) as engine:
             prompt = prep(engine) if engine is not None else None
             job = worker.submit(prompt, req.params, prepare=prep, model=target, engine=engine,
-                                owner=identity())
+                                owner=identity(), progress=req.stream and req.return_progress)
         if prompt is not None:
             g.log.update(prompt_tokens=prompt.n_tokens, image_tokens=prompt.image_tokens)
     g.record["model"] = target or state.model_id()   # the answer's own model replaces it at the end
