@@ -282,6 +282,45 @@ def test_images_by_chooser_and_paste_then_answer_streams(server, open_page):
     expect(page.get_by_test_id("conversation-item")).to_contain_text("What is in these two pictures?")
 
 
+@pytest.fixture(scope="module")
+def vision_server(tmp_path_factory):
+    """A vision tower big enough that a 448x448 photo takes seconds to encode here."""
+    root = tmp_path_factory.mktemp("webui-vision")
+    model, mmproj = make_model(root, "vision")
+    s = _server(tmp_path_factory, (str(model), str(mmproj)), "--alias", "tiny-vision")
+    yield s
+    s.stop()
+
+
+def test_a_slow_photo_prefill_shows_its_progress_then_the_answer(vision_server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(vision_server, settings={"maxTokens": 4})
+    # no prefill while typing: it would encode the photo before Send (and the bar be brief)
+    page.route("**/v1/chat/prefill", lambda route: route.fulfill(status=404, json={"error": {
+        "message": "off for this test", "type": "not_found", "param": None, "code": None}}))
+    page.problems.allow(STATUS_ERROR.format(404))
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json)
+            if r.url.endswith("/v1/chat/completions") else None)
+    bar = page.get_by_test_id("prompt-progress")
+    for turn, color in enumerate([(200, 40, 90), (30, 150, 60)], start=1):
+        page.get_by_test_id("file-input").set_input_files(
+            files=[file_payload("photo.png", png(448, 448, color))])
+        expect(page.get_by_test_id("attachment").locator("img")).to_have_count(1)
+        send(page, "What does this photo show?")
+        expect(bar).to_be_visible()
+        expect(bar).to_contain_text("Encoding image 1 of 1")
+        if turn == 2:   # the first photo measured what an image costs here: an estimate
+            expect(bar).to_contain_text(re.compile(r"about (a second|\d+ s|\d+ min) left"))
+            expect(bar).to_contain_text("tokens cached")      # the first turn is reused
+        else:
+            expect(bar).to_contain_text("estimating time left")
+        assert 0 <= float(bar.locator("progress").get_attribute("value") or 0) < 1
+        wait_answers(page, turn)
+        expect(bar).to_have_count(0)                           # the answer replaced it
+    assert all(b["return_progress"] is True for b in bodies) and len(bodies) == 2
+
+
 def test_stop_mid_answer_frees_the_server(server, open_page):
     from playwright.sync_api import expect
     page = open_page(server, settings={"maxTokens": 12000}, viewport=PHONE)
@@ -582,24 +621,103 @@ def test_unreachable_server_shows_toast(tiny_model, tmp_path_factory, open_page)
     expect(page.locator("#model-dot")).not_to_have_attribute("data-state", "ready")
 
 
-def test_loading_model_is_explained(server, open_page, browser):
-    """A tiny model loads in milliseconds, too fast to catch for real: here /health and the
-    first chat request answer as a loading server does (503 + reason), through page.route."""
+LOADING = {"status": "loading", "reason": "loading qwen3-vl-8b-instruct (40%)",
+           "model": "qwen3-vl-8b-instruct", "queue_depth": 0, "busy": False}
+
+
+def test_a_message_sent_while_loading_waits_and_goes_at_ready(server, browser):
+    """A tiny model loads in milliseconds, too fast to catch for real: here /health answers
+    as a loading server does (503 + reason) until the test says it is done, through
+    page.route; the chat requests reach the real server."""
     from playwright.sync_api import expect
-    loading = {"status": "loading", "reason": "loading qwen3-vl-8b-instruct (40%)",
-               "model": "qwen3-vl-8b-instruct", "queue_depth": 0, "busy": False}
-    calls = {"health": 0, "chat": 0}
+    loading = threading.Event()
+    loading.set()
+    chats = []
 
     def fake_health(route):
-        calls["health"] += 1
-        if calls["health"] <= 2:
-            route.fulfill(status=503, json=loading, headers={"Retry-After": "5"})
+        if loading.is_set():
+            route.fulfill(status=503, json=LOADING, headers={"Retry-After": "5"})
+        else:
+            route.continue_()
+
+    def count_chat(route):
+        chats.append(route.request.post_data_json)
+        route.continue_()
+
+    context = browser.new_context(viewport=DESKTOP)
+    context.add_init_script("localStorage.setItem('vlserve.settings', JSON.stringify({maxTokens: 4}))")
+    context.route("**/health", fake_health)
+    context.route("**/v1/chat/completions", count_chat)
+    page = context.new_page()
+    problems = watch(page)
+    problems.allow(STATUS_ERROR.format(503))
+    try:
+        page.goto(server.url)
+        note = page.get_by_test_id("toast").filter(has_text="The model is loading")
+        expect(note).to_be_visible()
+        expect(note).to_have_attribute("data-kind", "info")
+        expect(note).to_contain_text("loading qwen3-vl-8b-instruct (40%)")
+        expect(note).to_contain_text("goes when it's ready")
+        expect(page.locator("#model-dot")).to_have_attribute("data-state", "loading")
+        send(page, "hi")
+        queued = page.get_by_test_id("queued-note")
+        expect(queued).to_be_visible()                       # in the chat, marked, waiting
+        expect(messages(page, "user")).to_have_count(1)
+        expect(page.get_by_test_id("stop-button")).to_be_visible()
+        assert chats == []                                   # nothing sent while loading
+        loading.clear()                                      # the model is ready
+        ready = page.locator('[data-testid="toast"][data-kind="success"]').filter(has_text="tiny is ready")
+        expect(ready).to_be_visible(timeout=10_000)
+        wait_answers(page, 1)                                # sent at Ready, by itself
+        expect(queued).to_have_count(0)
+        expect(note).to_have_count(0)
+        assert len(chats) == 1 and chats[0]["messages"][-1]["content"][-1]["text"] == "hi"
+        assert not problems.unexpected(), problems.unexpected()
+    finally:
+        context.close()
+
+
+def test_stop_takes_back_a_message_waiting_for_the_model(server, browser):
+    from playwright.sync_api import expect
+    context = browser.new_context(viewport=DESKTOP)
+    context.route("**/health", lambda route: route.fulfill(status=503, json=LOADING))
+    page = context.new_page()
+    problems = watch(page)
+    problems.allow(STATUS_ERROR.format(503))
+    try:
+        page.goto(server.url)
+        expect(page.locator("#model-dot")).to_have_attribute("data-state", "loading")
+        send(page, "take me back")
+        expect(page.get_by_test_id("queued-note")).to_be_visible()
+        page.get_by_test_id("stop-button").click()
+        expect(messages(page)).to_have_count(0)
+        expect(page.get_by_test_id("composer-input")).to_have_value("take me back")
+        assert not problems.unexpected(), problems.unexpected()
+    finally:
+        context.close()
+
+
+def test_a_refused_request_waits_too_and_stale_toasts_go_at_ready(server, browser):
+    """The page thought the server ready; the server is gone (the request fails: "Can't
+    reach the server"), then comes back loading (a 503 model_not_ready: the question waits
+    for Ready instead of being handed back), then ready: every toast about the outage goes."""
+    from playwright.sync_api import expect
+    phase = {"now": "ok"}
+    chats = []
+
+    def fake_health(route):
+        if phase["now"] == "down":
+            route.abort("connectionrefused")
+        elif phase["now"] == "loading":
+            route.fulfill(status=503, json=LOADING)
         else:
             route.continue_()
 
     def fake_chat(route):
-        calls["chat"] += 1
-        if calls["chat"] == 1:
+        chats.append(phase["now"])
+        if phase["now"] == "down":
+            route.abort("connectionrefused")
+        elif phase["now"] == "loading":
             route.fulfill(status=503, json={"error": {
                 "message": "the model is not ready: loading qwen3-vl-8b-instruct (40%)",
                 "type": "service_unavailable", "param": None, "code": "model_not_ready"}})
@@ -612,22 +730,31 @@ def test_loading_model_is_explained(server, open_page, browser):
     context.route("**/v1/chat/completions", fake_chat)
     page = context.new_page()
     problems = watch(page)
-    problems.allow(STATUS_ERROR.format(503))
+    for allowed in (STATUS_ERROR.format(503), "net::ERR_CONNECTION_REFUSED", "net::ERR_FAILED"):
+        problems.allow(allowed)
     try:
         page.goto(server.url)
-        note = page.get_by_test_id("toast").filter(has_text="The model is loading")
-        expect(note).to_be_visible()
-        expect(note).to_have_attribute("data-kind", "info")
-        expect(note).to_contain_text("loading qwen3-vl-8b-instruct (40%)")
+        wait_ready(page)
+        phase["now"] = "down"
+        send(page, "anyone there?")
+        gone = page.get_by_test_id("toast").filter(has_text="Can't reach the server")
+        expect(gone.first).to_be_visible()
+        expect(page.get_by_test_id("composer-input")).to_have_value("anyone there?")
+        phase["now"] = "ok"
+        expect(page.locator('[data-testid="toast"][data-kind="success"]').filter(
+            has_text="is ready")).to_be_visible(timeout=10_000)
+        expect(gone).to_have_count(0)                            # stale: gone at Ready
+        phase["now"] = "loading"           # the page still thinks it ready: the request goes
+        page.get_by_test_id("composer-input").press("Enter")
+        expect(page.get_by_test_id("queued-note")).to_be_visible()   # refused: it waits
         expect(page.locator("#model-dot")).to_have_attribute("data-state", "loading")
-        send(page, "hi")
-        toast = page.get_by_test_id("toast").filter(has_text="still loading")
-        expect(toast).to_contain_text("Loading qwen3-vl-8b-instruct (40%)")
-        ready = page.locator('[data-testid="toast"][data-kind="success"]').filter(has_text="tiny is ready")
-        expect(ready).to_be_visible(timeout=10_000)             # said once it is back
-        expect(page.locator("#model-dot")).to_have_attribute("data-state", "ready")
-        toast.get_by_test_id("toast-retry").click()
-        wait_answers(page, 1)
+        assert chats == ["down", "loading"]
+        phase["now"] = "ok"
+        wait_answers(page, 1)                                    # and goes at Ready
+        expect(page.get_by_test_id("queued-note")).to_have_count(0)
+        for stale in ("still loading", "The model is loading", "Can't reach"):
+            expect(page.get_by_test_id("toast").filter(has_text=stale)).to_have_count(0)
+        assert chats == ["down", "loading", "ok"]
         assert not problems.unexpected(), problems.unexpected()
     finally:
         context.close()

@@ -99,6 +99,15 @@ PRESETS = {
         VisionDims(n_embd=64, n_layer=3, n_head=2, n_ff=128, deepstack_layers=(0, 1), pos_grid=8),
         quant="f32",
     ),
+    # The tiny text model behind a vision tower big enough that encoding a photo takes a
+    # second or more on a CPU: the page's prompt-progress test sees the bar for real.
+    "vision": Preset(
+        TextDims(n_embd=64, n_layer=3, n_head=4, n_head_kv=2, head_dim=16, n_ff=128, n_ctx=4096,
+                 rope_sections=(3, 3, 2, 0), n_vocab=None),
+        VisionDims(n_embd=512, n_layer=12, n_head=8, n_ff=2048, deepstack_layers=(3, 7),
+                   pos_grid=32),
+        quant="f32",
+    ),
     # Qwen3-VL-2B-Instruct's text and vision dimensions; context length kept modest so that
     # loading with n_ctx=0 (= the model's) does not allocate a 262k-token KV cache.
     "bench": Preset(

@@ -8,8 +8,9 @@ import { askForKey } from "./auth.js";
 import * as composer from "./composer.js";
 import { newId } from "./dom.js";
 import { explain } from "./explain.js";
-import { currentModel, noteServedModel, watchHealth } from "./models.js";
+import { currentModel, modelLoading, noteServedModel, watchHealth, whenReady } from "./models.js";
 import * as prefill from "./prefill.js";
+import { PromptProgress } from "./progress.js";
 import { renderMessages, startEdit, StreamView } from "./render.js";
 import { follow, scrollToBottom } from "./scroll.js";
 import { settings } from "./settings.js";
@@ -17,6 +18,7 @@ import * as store from "./store.js";
 import { toast } from "./toasts.js";
 
 const TITLE_MAX = 60;
+const NOT_READY = "not ready";   // generate(): refused while the model loads; ask() waits
 const SAVE_EVERY_MS = 2000;
 const state = { conv: null, stream: null };
 const loaded = new Map();      // id -> conversation object (the same object while it streams)
@@ -78,8 +80,9 @@ export function render() {
   ui.title.textContent = conv?.title || "New chat";
   document.title = conv?.title ? `${conv.title} · vlserve` : "vlserve";
   if (!conv) return;
+  const streaming = state.stream?.conv === conv && !state.stream.queued;
   renderMessages(ui.messages, conv, {
-    streamingId: state.stream?.conv === conv ? state.stream.message.id : null,
+    streamingId: streaming ? state.stream.message.id : null,
     busy: state.stream !== null,
     modelName: currentModel(),
     onRegenerate: regenerate,
@@ -103,7 +106,7 @@ export async function send() {
     conv.title = titleFrom(draft.text, draft.images.length);
   }
   scrollToBottom();
-  await generate(conv, {
+  await ask(conv, {
     retry: send,
     undo: () => {
       conv.messages.splice(conv.messages.indexOf(message), 1);
@@ -116,7 +119,7 @@ export async function regenerate(conv = state.conv) {
   if (state.stream || !conv) return;
   const old = conv.messages.at(-1);
   if (old?.role === "assistant") conv.messages.pop();
-  await generate(conv, {
+  await ask(conv, {
     retry: () => regenerate(conv),
     undo: () => { if (old?.role === "assistant") conv.messages.push(old); },
   });
@@ -149,7 +152,7 @@ async function resend(conv, message, text) {
   if (!conv.renamed && conv.messages.find((m) => m.role === "user") === message) {
     conv.title = titleFrom(text, message.images?.length || 0);
   }
-  await generate(conv, {
+  await ask(conv, {
     retry: () => resend(conv, message, text),
     undo: () => {
       conv.messages.splice(0, conv.messages.length, ...before);
@@ -175,6 +178,36 @@ function titleFrom(text, imageCount) {
 
 // ---- streaming -------------------------------------------------------------------------------
 
+/** An answer to the conversation's last question. While the model loads, the question waits
+ *  in the chat, marked, and goes at Ready (so does one the server refused as not ready). */
+async function ask(conv, how) {
+  for (;;) {
+    if (!(await untilReady(conv, how.undo))) return;
+    if ((await generate(conv, how)) !== NOT_READY) return;
+  }
+}
+
+/** Wait for Ready when the model is loading: false when Stop took the question back or the
+ *  model failed to load (the question goes back into the box). */
+async function untilReady(conv, undo) {
+  if (!modelLoading()) return true;
+  const question = conv.messages.at(-1);
+  const controller = new AbortController();
+  question.queued = true;
+  state.stream = { conv, message: question, controller, queued: true };
+  setBusy(true);
+  watchHealth({ quiet: true });      // keeps asking /health until Ready
+  const stopped = new Promise((resolve) => controller.signal.addEventListener("abort", () => resolve(false)));
+  const ready = await Promise.race([whenReady(), stopped]);
+  delete question.queued;
+  state.stream = null;
+  if (!ready) undo();
+  setBusy(false);
+  if (conv.messages.length) await save(conv);
+  else await forgetEmpty(conv);
+  return ready;
+}
+
 async function generate(conv, { retry, undo }) {
   // partial: cleared when the stream ends; still set after a reload means it was cut short
   const answer = { id: newId(), role: "assistant", text: "", reasoning: "", time: Date.now(),
@@ -182,19 +215,24 @@ async function generate(conv, { retry, undo }) {
   conv.messages.push(answer);
   conv.updated = Date.now();
   const controller = new AbortController();
-  const view = new StreamView(ui.messages, answer);
+  const progress = new PromptProgress(answer.model);
+  const view = new StreamView(ui.messages, answer, progress);
+  const ticking = setInterval(() => view.update(), 1000);   // the estimate counts down
   state.stream = { conv, message: answer, controller };
   setBusy(true);
   const timing = { start: performance.now(), firstToken: null, reasoningStart: null };
   let started = false;
   let savedAt = 0;
+  let outcome = null;
   try {
     for await (const chunk of streamChat(requestBody(conv), controller.signal)) {
       if (!started) {
         started = true;
         await save(conv);       // the question is kept even if the page closes mid-answer
       }
-      applyChunk(answer, chunk, timing);
+      if (chunk.prompt_progress) progress.update(chunk.prompt_progress);
+      else applyChunk(answer, chunk, timing);
+      if (timing.firstToken != null) clearInterval(ticking);
       view.update();
       if (performance.now() - savedAt > SAVE_EVERY_MS) {   // and most of a long answer too
         savedAt = performance.now();
@@ -206,8 +244,14 @@ async function generate(conv, { retry, undo }) {
     if (isAbort(err)) answer.stopped = true;
     else if (!answer.text && !answer.reasoning && !answer.toolCalls) {
       conv.messages.splice(conv.messages.indexOf(answer), 1);
-      undo();
-      await failed(asApiError(err), retry);
+      const error = asApiError(err);
+      if (error.status === 503 && error.code === "model_not_ready"
+          && (await watchHealth({ quiet: true })) && modelLoading()) {
+        outcome = NOT_READY;   // the question stays; ask() sends it at Ready
+      } else {
+        undo();
+        await failed(error, retry);
+      }
     } else {
       // part of an answer arrived: keep it, say why it ends there; Retry answers again
       const error = asApiError(err);
@@ -215,6 +259,7 @@ async function generate(conv, { retry, undo }) {
       await failed(error, () => regenerate(conv), { quiet: true });
     }
   } finally {
+    clearInterval(ticking);
     view.cancel();
     delete answer.partial;
     finish(answer, timing);
@@ -223,6 +268,7 @@ async function generate(conv, { retry, undo }) {
     if (conv.messages.length) await save(conv);
     else await forgetEmpty(conv);
   }
+  return outcome;
 }
 
 function setBusy(on) {
@@ -241,6 +287,7 @@ export function draftBody() {
   const body = requestBody({ messages });
   delete body.stream;
   delete body.stream_options;
+  delete body.return_progress;
   return body;
 }
 
@@ -266,7 +313,8 @@ function requestBody(conv) {
       messages.push({ role: "assistant", content: m.text });
     }
   }
-  const body = { messages, stream: true, stream_options: { include_usage: true }, temperature: s.temperature };
+  const body = { messages, stream: true, stream_options: { include_usage: true }, return_progress: true,
+    temperature: s.temperature };
   if (currentModel()) body.model = currentModel();
   if (s.maxTokens) body.max_tokens = s.maxTokens;
   return body;
@@ -370,7 +418,8 @@ async function failed(err, retry, { quiet = false } = {}) {
     actions.push({ label: "Enter key", testid: "toast-key", run: async () => { if (await askForKey(err.message)) retry(); } });
   }
   if (quiet && !actions.length) return;   // already written under the interrupted answer
-  toast({ kind: "error", title, message, actions, key: "request" });
+  // a toast that says the server is down or loading goes at Ready ("down"); others stay
+  toast({ kind: "error", title, message, actions, key: health ? "down" : "request" });
 }
 
 export function stop() {

@@ -48,7 +48,8 @@ export async function refreshModels() {
     if (loaded?.meta) ui.demo.hidden = loaded.meta.random_weights !== true;
     if (loaded && !state.switching) {
       state.loaded = loaded.id;
-      setStatus(loaded.status === "ready" ? "ready" : loaded.status);
+      // while /health is being watched (not ready), it alone says when the model is ready
+      if (healthTimer === null) setStatus(loaded.status === "ready" ? "ready" : loaded.status);
     }
   } catch (err) {
     if (err.status === 0) setStatus("unreachable");
@@ -85,6 +86,20 @@ function describe(model) {
 function setStatus(status) {
   state.status = status;
   renderPill();
+  if (status === "ready" || status === "failed") {   // the wait of a queued question ends
+    for (const resolve of readyWaiters) resolve(status === "ready");
+    readyWaiters.clear();
+  }
+}
+
+const readyWaiters = new Set();
+
+/** The server is loading its model (a question sent now waits for it). */
+export const modelLoading = () => state.status === "loading" || state.status === "warming";
+
+/** Resolves true when the model is ready, false if it failed to load. */
+export function whenReady() {
+  return new Promise((resolve) => readyWaiters.add(resolve));
 }
 
 function renderPill() {
@@ -112,6 +127,7 @@ let wasDown = false;     // seen not ready since the last "Ready": say so when i
  */
 export async function watchHealth({ quiet = false } = {}) {
   clearTimeout(healthTimer);
+  healthTimer = null;
   const health = await getHealth();
   const status = health.status === "ok" ? "ready" : health.status;
   if (status === "ready") ui.demo.hidden = health.random_weights !== true;   // the demo model
@@ -120,6 +136,7 @@ export async function watchHealth({ quiet = false } = {}) {
   // "auth": /v1/models, fetched next, asks for the key
   if (status === "ready" || status === "unloaded" || status === "auth") {
     dismissKey("health");
+    dismissKey("down");    // a request's "still loading" or "can't reach": no longer true
     if (wasDown) {
       wasDown = false;
       toast({ kind: "success", title: "Ready", message: `${health.model || "The model"} is ready.` });
@@ -142,7 +159,7 @@ function announce(status, health) {
       message: health.reason || "See the server's log." });
   } else {
     toast({ kind: "info", key: "health", title: "The model is loading",
-      message: `${health.reason || status}. You can type already; sending works once it's ready.`,
+      message: `${health.reason || status}. A message you send now goes when it's ready.`,
       timeout: 0 });
   }
 }

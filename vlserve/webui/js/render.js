@@ -5,6 +5,7 @@
 import { el, icon, iconButton, clockTime, fullDate, copyText, flashCopied } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { openLightbox } from "./lightbox.js";
+import { paintProgress } from "./progress.js";
 import { follow } from "./scroll.js";
 
 /**
@@ -54,7 +55,7 @@ function signature(m, streaming) {
   return [m.text, m.reasoning, m.images?.length, JSON.stringify(m.stats ?? null),
     JSON.stringify(m.toolCalls ?? null), m.toolCallId,
     JSON.stringify(m.context ?? null), m.finish, m.error, m.stopped, m.partial, m.model,
-    streaming].join("\u0000");
+    m.queued, streaming].join("\u0000");
 }
 
 function buildMessage(m, ctx) {
@@ -70,6 +71,10 @@ function buildMessage(m, ctx) {
   if (bubble.childNodes.length) node.append(bubble);
   const note = noteFor(m, streaming);
   if (note) node.append(note);
+  if (m.queued) {
+    node.append(el("p.message-note.queued", { "data-testid": "queued-note", role: "status",
+      text: "Waiting for the model to load: this message is sent when it is ready (Stop takes it back)." }));
+  }
   if (m.stats) node.append(statsLine(m.stats));
   node.append(el("div.message-actions"));
   return node;
@@ -267,9 +272,10 @@ export function startEdit(node, text, { onSave, onCancel }) {
 
 /** Paints one streaming answer into its <article>, at most once per animation frame. */
 export class StreamView {
-  constructor(container, message) {
+  constructor(container, message, progress = null) {
     this.container = container;
     this.message = message;
+    this.progress = progress;   // a PromptProgress: drawn until the first token
     this.frame = 0;
   }
 
@@ -289,7 +295,12 @@ export class StreamView {
     if (!node) return;
     const m = this.message;
     const bubble = node.querySelector(".bubble");
-    if (m.text || m.reasoning || m.toolCalls?.length) bubble.querySelector(".typing")?.remove();
+    if (m.text || m.reasoning || m.toolCalls?.length) {
+      bubble.querySelector(".typing")?.remove();
+      bubble.querySelector(".prompt-progress")?.remove();
+    } else if (this.progress) {
+      paintProgress(bubble, this.progress.view());
+    }
     if (m.reasoning) this.paintThinking(bubble);
     if (m.text) renderMarkdown(bubble.querySelector(".message-content"), m.text, { final: false });
     if (m.toolCalls?.length) {   // arguments grow piece by piece: the list is drawn again
