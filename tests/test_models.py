@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, make_model
-from vlserve.library import catalog, startup
+from vlserve.library import catalog, cpuspeed, startup
 from vlserve.library.catalog import GB, CatalogError
 from vlserve.engine.llama import EngineLoadError, LlamaEngine
 from vlserve.config import Settings
@@ -81,9 +81,80 @@ def test_choose_the_largest_that_fits(budget_gb, thinking, want, fits):
     assert (entry.id, ok) == (want, fits)
 
 
-def test_cpu_pick_stops_at_8b_whatever_the_ram():
-    entry, ok = catalog.load(None).choose(256 * GB, max_params_b=catalog.CPU_MAX_PARAMS_B)
-    assert (entry.id, ok) == ("qwen3-vl-8b-instruct", True)
+# On a CPU: (decode threads, free RAM, probed memory bandwidth) -> the model started. The
+# estimate is min(bandwidth, threads x 15 GB/s) / Q4_K_M weights (2B 1.11 GB, 4B 2.50,
+# 8B 5.03, 32B 19.8), usable from 5 tokens/s.
+CPU_TABLE = [
+    # a 2-core machine with 24 GB and slow memory: the 8B fits, only the 2B is usable
+    (2, 24, 10, "qwen3-vl-2b-instruct", True),
+    (2, 24, 23.1, "qwen3-vl-4b-instruct", True),    # this VM's probe: 8B 4.6 tokens/s, 4B 9.2
+    (1, 16, 40, "qwen3-vl-4b-instruct", True),      # one thread: the cores decide, not memory
+    (4, 16, 20, "qwen3-vl-4b-instruct", True),
+    (8, 32, 40, "qwen3-vl-8b-instruct", True),
+    (16, 64, 60, "qwen3-vl-8b-instruct", True),     # the 32B: 3.0 tokens/s
+    (16, 64, 20, "qwen3-vl-4b-instruct", True),     # many cores, slow memory: memory decides
+    (64, 256, 200, "qwen3-vl-32b-instruct", True),
+    (64, 8, 200, "qwen3-vl-4b-instruct", True),      # fast, but only the 2B and 4B fit in RAM
+    (4, 4, 20, "qwen3-vl-2b-instruct", False),      # nothing fits: the smallest, flagged
+]
+
+
+@pytest.mark.parametrize("threads, ram_gb, bandwidth_gbs, want, fits", CPU_TABLE)
+def test_on_a_cpu_the_largest_model_that_fits_and_decodes_usably(threads, ram_gb,
+                                                                   bandwidth_gbs, want, fits):
+    cpu = cpuspeed.CPU(threads, bandwidth_gbs * GB)
+    entry, ok = catalog.load(None).choose(int(ram_gb * GB), cpu=cpu)
+    assert (entry.id, ok) == (want, fits)
+    if fits:
+        usable = cpu.tokens_per_s(entry.weight_bytes("Q4_K_M")) >= cpuspeed.USABLE_TOKENS_PER_S
+        smallest = entry.id == "qwen3-vl-2b-instruct"
+        assert usable or smallest
+
+
+def test_the_start_on_a_cpu_logs_the_estimates_and_why(tmp_path, monkeypatch, caplog,
+                                                       no_network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")   # the choice is named by the "download" advice
+    monkeypatch.setattr(startup, "memory_budget",
+                        lambda: Memory("cpu", 24 * GB, 23 * GB, "system RAM"))
+    probed = []
+    monkeypatch.setattr(startup, "cpu_speed",
+                        lambda threads: probed.append(threads) or cpuspeed.CPU(threads, 10 * GB))
+    with caplog.at_level("INFO", logger="vlserve"), pytest.raises(startup.StartupError) as info:
+        startup.choose(None, None, models_dir=tmp_path, quant=None, threads=2)
+    assert probed == [2]
+    assert "Qwen/Qwen3-VL-2B-Instruct-GGUF" in str(info.value)
+    log = caplog.text
+    assert "a CPU only: 2 threads, memory 10.0 GB/s (probed)" in log
+    assert "estimated decode speed here: qwen3-vl-2b-instruct 9.0, qwen3-vl-4b-instruct 4.0, " \
+        "qwen3-vl-8b-instruct 2.0 tokens/s (usable: >= 5)" in log
+    assert "choosing qwen3-vl-2b-instruct" in log
+
+
+def test_a_gpu_still_picks_by_memory_and_probes_no_cpu(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(startup, "memory_budget", lambda: Memory("cuda", 24 * GB, 23 * GB, "GPU"))
+    monkeypatch.setattr(startup, "cpu_speed", lambda threads: pytest.fail("probed on a GPU"))
+    with pytest.raises(startup.StartupError, match="Qwen3-VL-8B-Instruct-GGUF"):
+        startup.choose(None, None, models_dir=tmp_path, quant=None, threads=2)
+
+
+def test_on_a_cpu_a_local_model_too_slow_to_use_is_passed_over(pairs, tmp_path, monkeypatch,
+                                                                no_network):
+    small = place(pairs["small"], tmp_path / "a")
+    tiny = place(pairs["tiny"], tmp_path / "b")
+    monkeypatch.setattr(startup, "memory_budget", lambda: Memory("cpu", 64 * GB, 64 * GB, "RAM"))
+    weights = small[0].stat().st_size
+    # a machine on which the small model decodes at 2.5 tokens/s, the tiny one far faster
+    monkeypatch.setattr(startup, "cpu_speed", lambda threads: cpuspeed.CPU(1, 2.5 * weights))
+    choose = lambda: startup.choose(None, None, models_dir=tmp_path, quant=None)  # noqa: E731
+    assert choose().model.resolve() == tiny[0]
+    monkeypatch.setattr(startup, "cpu_speed", lambda threads: cpuspeed.CPU(1, 5 * weights))
+    assert choose().model.resolve() == small[0]
+
+
+def test_the_bandwidth_probe_measures_something_plausible():
+    cpu = cpuspeed.probe(2, size=8 * 2**20, rounds=2)
+    assert cpu.cores == 2 and 0.1 * GB < cpu.bandwidth < 10_000 * GB
 
 
 def test_user_catalog_adds_and_overrides_entries(tmp_path):

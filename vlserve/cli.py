@@ -289,7 +289,8 @@ def _chosen_model(opts: dict) -> dict:
     from .library.startup import StartupError, choose
     try:
         choice = choose(opts["model"], opts["mmproj"], models_dir=Path(opts["models_dir"]),
-                        quant=opts["quant"], exclude=demo_dir(opts["models_dir"]))
+                        quant=opts["quant"], exclude=demo_dir(opts["models_dir"]),
+                        threads=opts["threads"])
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     demo = demo_dir(opts["models_dir"]).resolve() in choice.model.resolve().parents

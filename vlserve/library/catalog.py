@@ -11,14 +11,13 @@ from pathlib import Path
 
 import tomllib
 
+from .cpuspeed import CPU, fastest_usable
+
 GB = 10**9
 USER_CATALOG = "catalog.toml"      # in the models directory
 # Compute buffers, the CUDA/Metal context and llama.cpp's own allocations: measured around
 # 0.4-0.9 GB for 2B-8B models at 16k context; 1 GB keeps the estimate on the safe side.
 OVERHEAD_BYTES = 1 * GB
-# On a CPU, decoding speed is memory bandwidth / model size: a 32B model at Q4 gives well
-# under a token per second on most machines, however much RAM they have. Auto-pick stops here.
-CPU_MAX_PARAMS_B = 8
 
 
 class CatalogError(ValueError):
@@ -56,11 +55,15 @@ class Entry:
         """An f16 K and V cache for every layer at n_ctx tokens."""
         return 2 * self.layers * self.kv_heads * self.head_dim * 2 * n_ctx
 
+    def weight_bytes(self, quant: str) -> int:
+        """The language model's file (what decoding reads per token); unknown quants: F16."""
+        return int(self.size_gb.get(quant, self.size_gb.get("F16", 0.0)) * GB)
+
     def memory_needed(self, quant: str, mmproj: str, n_ctx: int | None = None) -> int:
         """Bytes to run it with every layer on one device; unknown quants count as F16."""
-        weights = self.size_gb.get(quant, self.size_gb.get("F16", 0.0))
         proj = self.mmproj_gb.get(mmproj, max(self.mmproj_gb.values(), default=0.0))
-        return int((weights + proj) * GB) + self.kv_bytes(n_ctx or self.ctx) + OVERHEAD_BYTES
+        return (self.weight_bytes(quant) + int(proj * GB) + self.kv_bytes(n_ctx or self.ctx)
+                + OVERHEAD_BYTES)
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,30 @@ class Catalog:
             raise CatalogError(f"no catalog model is called {name!r}; known: {known}")
         return entry
 
-    def choose(self, budget_bytes: int, *, quant: str | None = None, thinking: bool = False,
-               max_params_b: float | None = None) -> tuple[Entry, bool]:
-        """The largest model of the kind asked for (and at most `max_params_b` billion
-        parameters) whose needs fit the budget, and whether it fits at all (when nothing
-        fits: the smallest, False — the caller warns)."""
+    def fitting(self, budget_bytes: int, *, quant: str | None = None,
+                thinking: bool = False) -> tuple[list[Entry], list[Entry]]:
+        """(the models of the kind asked for, those whose needs fit the budget), each
+        smallest first."""
         quant = quant or self.quant
-        kind = sorted((e for e in self.entries if e.thinking == thinking
-                       and (max_params_b is None or e.params_b <= max_params_b)),
+        kind = sorted((e for e in self.entries if e.thinking == thinking),
                       key=lambda e: e.memory_needed(quant, self.mmproj))
         if not kind:
             raise CatalogError("the catalog has no model of that kind")
-        fitting = [e for e in kind if e.memory_needed(quant, self.mmproj) <= budget_bytes]
-        return (fitting[-1], True) if fitting else (kind[0], False)
+        return kind, [e for e in kind if e.memory_needed(quant, self.mmproj) <= budget_bytes]
+
+    def choose(self, budget_bytes: int, *, quant: str | None = None, thinking: bool = False,
+               cpu: CPU | None = None) -> tuple[Entry, bool]:
+        """The largest model of the kind asked for whose needs fit the budget — on a CPU
+        (`cpu`), the largest of those whose estimated decode speed is usable — and whether
+        any fits (when none does: the smallest, False — the caller warns)."""
+        quant = quant or self.quant
+        kind, fitting = self.fitting(budget_bytes, quant=quant, thinking=thinking)
+        if not fitting:
+            return kind[0], False
+        if cpu is None:
+            return fitting[-1], True
+        pick = fastest_usable([(e.id, e.weight_bytes(quant)) for e in fitting], cpu)
+        return self.get(pick), True
 
 
 def load(models_dir: Path | None = None) -> Catalog:

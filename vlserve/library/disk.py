@@ -48,6 +48,11 @@ class LocalModel:
         return self.model.stat().st_size + self.mmproj.stat().st_size
 
     @property
+    def weight_bytes(self) -> int:
+        """The language model's file: what decoding reads per token."""
+        return self.model.stat().st_size
+
+    @property
     def thinking(self) -> bool:
         if self.entry is not None:
             return self.entry.thinking

@@ -1,6 +1,7 @@
 """Which model `vlserve serve` starts with, and getting its files: a path, a local model's
 id, a catalog name (downloaded when missing), or — with no --model — the largest model that
-fits this machine's memory: one already on disk first, else the catalog's pick, pulled.
+fits this machine's memory (on a CPU: the largest of those that would also decode at a
+usable speed, `cpuspeed`): one already on disk first, else the catalog's pick, pulled.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import catalog, gpu
+from . import catalog, cpuspeed, gpu
 from .disk import LocalModel, PairingError, discover, pair_directory, resolve
 
 log = logging.getLogger("vlserve")
@@ -35,13 +36,19 @@ def memory_budget() -> gpu.Memory:
     return memory
 
 
+def cpu_speed(threads: int) -> cpuspeed.CPU:
+    """This machine's CPU as the speed estimate sees it (probed; tests replace this)."""
+    return cpuspeed.probe(threads)
+
+
 def choose(name: str | None, mmproj: str | None, *, models_dir: Path, quant: str | None,
-           exclude: Path | None = None) -> Choice:
+           exclude: Path | None = None, threads: int = 1) -> Choice:
+    """`threads`: what llama.cpp will decode with, for the CPU's speed estimate."""
     known = catalog.load(models_dir)
     if name is None:
         if mmproj:
             raise StartupError("--mmproj needs --model")
-        return _auto(known, models_dir, quant, exclude)
+        return _auto(known, models_dir, quant, exclude, threads)
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf" or path.exists():
         return _from_path(path, Path(mmproj).expanduser() if mmproj else None)
@@ -78,21 +85,32 @@ def _from_path(model: Path, mmproj: Path | None) -> Choice:
 
 
 def _auto(known: catalog.Catalog, models_dir: Path, quant: str | None,
-          exclude: Path | None) -> Choice:
-    """Nothing named: the largest model on disk that fits, else the catalog's pick."""
+          exclude: Path | None, threads: int) -> Choice:
+    """Nothing named: the largest model on disk that fits (and on a CPU decodes at a usable
+    speed), else the catalog's pick."""
     memory = memory_budget()
+    cpu = None
+    if memory.kind == "cpu":
+        cpu = cpu_speed(threads)
+        log.info("a CPU only: %s (probed); models are chosen by their estimated decode speed "
+                 "too", cpu.describe())
     found, _ = discover(models_dir, known)
     if exclude is not None:   # the generated demo model is never picked by itself
         found = [m for m in found if exclude.resolve() not in m.model.resolve().parents]
     if found:
-        local = _largest_fitting(found, memory.free)
-        log.info("serving %s, the largest model in %s that fits %s of %s (%s free)", local.id,
-                 models_dir, memory.name, gpu.format_bytes(memory.total),
+        local = _largest_fitting(found, memory.free, cpu)
+        why = "fits" if cpu is None else "fits and decodes at a usable speed on"
+        log.info("serving %s, the largest model in %s that %s %s of %s (%s free)", local.id,
+                 models_dir, why, memory.name, gpu.format_bytes(memory.total),
                  gpu.format_bytes(memory.free))
         return Choice(local.model, local.mmproj, local.entry)
-    cap = catalog.CPU_MAX_PARAMS_B if memory.kind == "cpu" else None
-    entry, fits = known.choose(memory.free, quant=quant, max_params_b=cap)
-    need = entry.memory_needed(quant or known.quant, known.mmproj)
+    quant = quant or known.quant
+    entry, fits = known.choose(memory.free, quant=quant, cpu=cpu)
+    if cpu is not None:
+        _, fitting = known.fitting(memory.free, quant=quant)
+        log.info("estimated decode speed here: %s", cpuspeed.explain(
+            [(e.id, e.weight_bytes(quant)) for e in fitting], cpu))
+    need = entry.memory_needed(quant, known.mmproj)
     message = (f"{entry.id} ({gpu.format_bytes(need)} at {entry.ctx} tokens of context) for "
                f"{memory.name}: {gpu.format_bytes(memory.free)} free of "
                f"{gpu.format_bytes(memory.total)}")
@@ -103,10 +121,18 @@ def _auto(known: catalog.Catalog, models_dir: Path, quant: str | None,
     return pull(entry, known, models_dir, quant)
 
 
-def _largest_fitting(models: list[LocalModel], budget: int) -> LocalModel:
+def _largest_fitting(models: list[LocalModel], budget: int,
+                     cpu: cpuspeed.CPU | None) -> LocalModel:
+    """The largest that fits `budget` (on a CPU, of those the largest usable); when none
+    fits, the smallest."""
     by_size = sorted(models, key=lambda m: m.size_bytes)
     fitting = [m for m in by_size if m.size_bytes + catalog.OVERHEAD_BYTES <= budget]
-    return fitting[-1] if fitting else by_size[0]
+    if not fitting:
+        return by_size[0]
+    if cpu is None:
+        return fitting[-1]
+    pick = cpuspeed.fastest_usable([(m.id, m.weight_bytes) for m in fitting], cpu)
+    return next(m for m in fitting if m.id == pick)
 
 
 def pull(entry: catalog.Entry, known: catalog.Catalog, models_dir: Path,
