@@ -26,6 +26,22 @@ def test_page_is_served_with_a_strict_policy(page_client, path):
     assert r.headers["Referrer-Policy"] == "no-referrer"
 
 
+def test_docs_is_the_shipped_swagger_ui_open_with_keys_and_scripts_self_only(make_app):
+    """/docs: the package's own page (vendored Swagger UI, nothing from a CDN), open like
+    /openapi.json when keys are on; inline styles allowed there (Swagger UI sets them), inline
+    or foreign scripts not. (It is rendered in a browser in test_webui.)"""
+    client = make_app(api_keys=("sk-test",)).test_client()
+    r = client.get("/docs")
+    assert r.status_code == 200 and b'src="/static/vendor/swagger-ui-bundle.js"' in r.data
+    assert b"http" not in r.data.split(b"<body>")[0]           # no other origin in the head
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "style-src 'self' 'unsafe-inline';" in csp
+    assert "connect-src 'self'" in csp and "unsafe-eval" not in csp
+    assert client.get("/static/vendor/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/v1/models").status_code == 401          # the API itself is not open
+
+
 def test_static_files_and_no_way_out_of_the_folder(page_client):
     r = page_client.get("/static/js/main.js")
     assert r.status_code == 200 and r.mimetype in ("text/javascript", "application/javascript")

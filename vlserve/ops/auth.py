@@ -22,7 +22,7 @@ from ..errors import APIError, AuthenticationError
 
 SCOPES = ("chat", "admin", "metrics")
 DEFAULT_SCOPES = frozenset({"chat"})
-OPEN_ENDPOINTS = {"api.health", "openapi.document", "webui.page", "webui.static"}
+OPEN_ENDPOINTS = {"api.health", "openapi.document", "webui.page", "webui.docs", "webui.static"}
 # What each blueprint's routes need; a route of no listed blueprint needs "admin".
 BLUEPRINT_SCOPES = {"api": "chat", "admin": "admin", "metrics": "metrics"}
 

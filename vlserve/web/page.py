@@ -19,6 +19,9 @@ bp = Blueprint("webui", __name__)
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; "
        "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# /docs: Swagger UI sets style attributes from its scripts (its layout and folding), so that
+# page allows inline styles; scripts stay 'self' only, and it reaches no other origin.
+DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 
 
 def find_webui(configured: str | None) -> Path | None:
@@ -46,6 +49,15 @@ def page() -> Response:
     return response
 
 
+@bp.get("/docs")
+def docs() -> Response:
+    """The OpenAPI document rendered (vendored Swagger UI): works with no network."""
+    response = send_from_directory(_folder(), "docs.html", max_age=0)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    return response
+
+
 @bp.get("/static/<path:name>")
 def static(name: str) -> Response:
     # Revalidated each load (ETag): a restarted server with a newer page is picked up.
@@ -58,6 +70,6 @@ def static(name: str) -> Response:
 def security_headers(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if response.mimetype == "text/html":
-        response.headers["Content-Security-Policy"] = CSP
+        response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers["Referrer-Policy"] = "no-referrer"
     return response
