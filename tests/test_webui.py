@@ -1425,3 +1425,255 @@ def test_the_demo_model_says_its_answers_are_noise(server, open_page):
     banner = page.get_by_test_id("demo-banner")
     expect(banner).to_be_visible()
     expect(banner).to_contain_text("Random weights")
+
+
+# ---- issue 20: math, versions, files, per-chat settings, search, /docs --------------------------
+
+MATH_ANSWER = (
+    "The area is $$\\int_0^1 x^2\\,dx = \\frac{1}{3}$$\n\n"
+    "Pythagoras: \\[ a^2+b^2=c^2 \\] and Euler \\(e^{i\\pi}+1=0\\), with $x_1 + x_2$ inline.\n\n"
+    "It costs $5 and $10. Code stays code: `$not math$`\n\n```\n$$also not$$\n```\n\n"
+    "Hostile: $\\href{javascript:window.__xss=1}{click}$ and $\\url{javascript:window.__xss=2}$ "
+    "and $\\htmlClass{x}{y}$ and $<img src=x onerror=window.__xss=3>$")
+
+# What a formula must never carry: a handler, a script or image, a link to anything
+INERT_MATH = """(selector) => [...document.querySelectorAll(selector)]
+  .flatMap((root) => [root, ...root.querySelectorAll("*")]).flatMap((node) => [...node.attributes].filter((a) => /^on/i.test(a.name) || /^(src|srcset|href|xlink:href)$/i.test(a.name))
+    .map((a) => `<${node.tagName.toLowerCase()} ${a.name}="${a.value}">`)
+  .concat(/^(script|img|a|iframe|object)$/i.test(node.tagName) ? [`<${node.tagName}>`] : []))"""
+
+
+def test_formulas_are_rendered_with_katex_protected_from_markdown_and_inert(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    import_json(page, {"conversations": [conversation("tex", "Math", [("integrate", MATH_ANSWER)])]})
+    content = messages(page, "assistant").get_by_test_id("message-content")
+    expect(content.locator(".katex-display")).to_have_count(2)       # $$…$$ and \[…\]
+    annotations = content.locator("annotation").all_text_contents()   # KaTeX keeps the source
+    assert "\\int_0^1 x^2\\,dx = \\frac{1}{3}" in annotations          # backslashes intact
+    assert "a^2+b^2=c^2" in annotations and "e^{i\\pi}+1=0" in annotations
+    assert "x_1 + x_2" in annotations                                  # underscores intact
+    expect(content).to_contain_text("It costs $5 and $10.")           # money is not math
+    expect(content.locator("code").first).to_have_text("$not math$")
+    expect(content.locator("pre code")).to_contain_text("$$also not$$")
+    # untrusted TeX: \href, \url and \htmlClass are refused (trust off), raw HTML is text
+    formulas = content.locator(".math-inline, .math-display, .math-block")
+    expect(formulas).to_have_count(8)                                 # 4 + the 4 hostile ones
+    assert page.evaluate(INERT_MATH, "[data-testid=message-content] :is(.math-inline, .math-display, .math-block)") == []
+    page.wait_for_timeout(100)
+    assert page.evaluate("window.__xss") is None
+
+
+def test_a_streamed_half_formula_never_flickers_into_an_error(server, open_page):
+    page = open_page(server)
+    seen = page.evaluate("""async (answer) => {
+      const { renderMarkdown } = await import("/static/js/markdown.js");
+      const target = document.createElement("div");
+      target.className = "markdown";
+      document.body.append(target);
+      const errors = [];
+      for (let i = 1; i < answer.length; i++) {
+        renderMarkdown(target, answer.slice(0, i), { final: false });
+        if (target.querySelector(".katex-error")) errors.push(answer.slice(0, i));
+      }
+      renderMarkdown(target, answer, { final: true });
+      const done = target.querySelectorAll(".katex").length;
+      target.remove();
+      return { errors, done };
+    }""", "So $$\\frac{a+b}{\\sqrt{c}}$$ and \\(\\alpha_1^2\\) then $\\mathbb{R}^n$.")
+    assert seen == {"errors": [], "done": 3}
+
+
+def test_versions_by_edit_and_by_regenerate_with_the_switcher(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 6, "temperature": 1.5})
+    send(page, "first question")
+    wait_answers(page, 1)
+    send(page, "second question")
+    wait_answers(page, 2)
+    answers = messages(page, "assistant")
+    first_answer = answers.nth(0).get_by_test_id("message-content").inner_text()
+    # regenerate the FIRST answer: the old one (and the turn after it) stay as version 1
+    answers.nth(0).hover()
+    answers.nth(0).get_by_test_id("regenerate-button").click()
+    wait_answers(page, 1)
+    expect(messages(page)).to_have_count(2)
+    switcher = messages(page, "assistant").nth(0).get_by_test_id("versions")
+    expect(switcher.get_by_test_id("version-label")).to_have_text("2/2")
+    switcher.get_by_test_id("version-prev").click()
+    expect(switcher.get_by_test_id("version-label")).to_have_text("1/2")
+    expect(messages(page)).to_have_count(4)                 # the second turn is back too
+    assert messages(page, "assistant").nth(0).get_by_test_id("message-content").inner_text() \
+        == first_answer
+    expect(messages(page, "user").nth(1)).to_contain_text("second question")
+    # edit the FIRST question (not only the last): a new version from there on
+    question = messages(page, "user").nth(0)
+    question.hover()
+    question.get_by_test_id("edit-button").click()
+    page.get_by_label("Edit message").fill("edited first question")
+    page.get_by_label("Edit message").press("Enter")
+    wait_answers(page, 1)
+    expect(messages(page)).to_have_count(2)
+    user_versions = messages(page, "user").nth(0).get_by_test_id("versions")
+    expect(user_versions.get_by_test_id("version-label")).to_have_text("2/2")
+    expect(messages(page, "user").nth(0)).to_contain_text("edited first question")
+    user_versions.get_by_test_id("version-prev").click()
+    expect(messages(page, "user").nth(0)).to_contain_text("first question")
+    expect(messages(page)).to_have_count(4)
+    expect(messages(page, "assistant").nth(0).get_by_test_id("version-label")).to_have_text("1/2")
+    # the versions survive a reload, and an export/import round trip keeps them
+    page.reload()
+    wait_ready(page)
+    expect(messages(page, "user").nth(0).get_by_test_id("version-label")).to_have_text("1/2")
+    kept = page.evaluate("""async () => {
+      const store = await import("/static/js/store.js");
+      const { normalizeImport } = await import("/static/js/transfer.js");
+      const [conv] = await store.getAllConversations();
+      const [back] = normalizeImport(JSON.parse(JSON.stringify({ conversations: [conv] })));
+      const shape = (messages) => messages.map((m) => [m.role, m.text,
+        m.versions ? { version: m.version, versions: m.versions.map((t) => t && shape(t)) } : null]);
+      return [JSON.stringify(shape(conv.messages)), JSON.stringify(shape(back.messages))];
+    }""")
+    assert kept[0] == kept[1] and "edited first question" in kept[0]
+
+
+def pdf_bytes(pages: int) -> bytes:
+    images = [Image.new("RGB", (300, 200), (40 * n % 255, 120, 200)) for n in range(pages)]
+    buf = io.BytesIO()
+    images[0].save(buf, "PDF", save_all=True, append_images=images[1:], resolution=72)
+    return buf.getvalue()
+
+
+def test_a_pdf_becomes_page_images_and_a_csv_a_text_part(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 4})
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json)
+            if r.url.endswith("/v1/chat/completions") else None)
+    csv = "part,count\nbolt,4\nnut,4\n"
+    page.get_by_test_id("file-input").set_input_files(files=[
+        {"name": "invoice.pdf", "mimeType": "application/pdf", "buffer": pdf_bytes(2)},
+        {"name": "parts.csv", "mimeType": "text/csv", "buffer": csv.encode()}])
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(2, timeout=20_000)
+    expect(page.locator('[data-testid="attachment"][data-kind="file"]')).to_contain_text("parts.csv")
+    send(page, "Check the invoice against the parts list.")
+    wait_answers(page, 1)
+    parts = bodies[-1]["messages"][-1]["content"]
+    images = [p for p in parts if p["type"] == "image_url"]
+    texts = [p["text"] for p in parts if p["type"] == "text"]
+    assert len(images) == 2 and all(p["image_url"]["url"].startswith("data:image/png;base64,")
+                                    for p in images)
+    assert texts == [f"File parts.csv:\n```\n{csv}\n```", "Check the invoice against the parts list."]
+    expect(messages(page, "user").get_by_test_id("message-images").locator("img")).to_have_count(2)
+    expect(messages(page, "user").get_by_test_id("message-file")).to_contain_text("parts.csv")
+
+
+def test_file_limits_say_what_was_kept(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    page.get_by_test_id("file-input").set_input_files(files=[
+        {"name": "manual.pdf", "mimeType": "application/pdf", "buffer": pdf_bytes(9)}])
+    note = page.get_by_test_id("toast").filter(has_text="Only the first pages were added")
+    expect(note).to_contain_text("“manual.pdf” has 9 pages; the first 8 were added")
+    expect(page.get_by_test_id("attachment").locator("img")).to_have_count(8, timeout=20_000)
+    page.get_by_test_id("file-input").set_input_files(files=[
+        {"name": "huge.log", "mimeType": "text/plain", "buffer": b"x" * (300 * 1024)},
+        {"name": "tool.exe", "mimeType": "application/octet-stream", "buffer": b"MZ\x00\x01"},
+        {"name": "bad.txt", "mimeType": "text/plain", "buffer": b"\xff\xfe\x00bad"}])
+    expect(page.get_by_test_id("toast").filter(has_text="text files up to 256 KB")).to_be_visible()
+    expect(page.get_by_test_id("toast").filter(has_text="“tool.exe”: only images, PDFs and text files")).to_be_visible()
+    expect(page.get_by_test_id("toast").filter(has_text="“bad.txt” is not UTF-8 text")).to_be_visible()
+    expect(page.locator('[data-testid="attachment"][data-kind="file"]')).to_have_count(0)
+
+
+def test_a_chats_own_settings_go_with_that_chat_only(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server, settings={"maxTokens": 4})
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json)
+            if r.url.endswith("/v1/chat/completions") else None)
+    # chat A: its own system prompt and sampling, set before its first message
+    page.get_by_test_id("chat-settings-button").click()
+    dialog = page.get_by_test_id("chat-settings-dialog")
+    dialog.get_by_test_id("chat-system-prompt").fill("You are chat A.")
+    dialog.get_by_test_id("chat-top_k").fill("7")
+    dialog.get_by_test_id("chat-seed").fill("42")
+    dialog.get_by_test_id("chat-min_p").fill("3")               # out of range: not kept
+    page.keyboard.press("Escape")
+    send(page, "hello A")
+    wait_answers(page, 1)
+    a = bodies[-1]
+    assert a["messages"][0] == {"role": "system", "content": "You are chat A."}
+    assert a["top_k"] == 7 and a["seed"] == 42 and "min_p" not in a and a["max_tokens"] == 4
+    # chat B: the defaults only; then a default set in Settings reaches both chats
+    page.locator("#new-chat").click()
+    send(page, "hello B")
+    wait_answers(page, 1)
+    b = bodies[-1]
+    assert b["messages"][0]["role"] == "user" and "top_k" not in b and "seed" not in b
+    page.get_by_test_id("settings-button").click()
+    page.locator("details.more-sampling summary").click()
+    page.get_by_test_id("default-top_p").fill("0.5")
+    page.keyboard.press("Escape")
+    send(page, "again B")
+    wait_answers(page, 2)
+    assert bodies[-1]["top_p"] == 0.5 and "top_k" not in bodies[-1]
+    page.get_by_test_id("conversation-item").filter(has_text="hello A").click()
+    send(page, "again A")
+    wait_answers(page, 2)
+    again = bodies[-1]
+    assert again["messages"][0]["content"] == "You are chat A." and again["top_k"] == 7
+    assert again["top_p"] == 0.5
+    page.get_by_test_id("chat-settings-button").click()      # the dialog shows what it keeps
+    expect(dialog.get_by_test_id("chat-top_k")).to_have_value("7")
+    expect(dialog.get_by_test_id("chat-top_p")).to_have_attribute("placeholder", "Default: 0.5")
+
+
+def test_search_finds_a_word_inside_the_messages(server, open_page):
+    from playwright.sync_api import expect
+    page = open_page(server)
+    import_json(page, {"conversations": [
+        conversation("s1", "Shelf audit", [("count the boxes", "There are 12 boxes of zirconium screws.")]),
+        conversation("s2", "Lunch", [("what is this", "A sandwich.")]),
+    ]})
+    box = page.get_by_test_id("conversation-search")
+    box.fill("zirconium")
+    items = page.get_by_test_id("conversation-item")
+    expect(items).to_have_count(1)
+    expect(items).to_contain_text("Shelf audit")
+    expect(items.get_by_test_id("conversation-snippet")).to_contain_text("boxes of zirconium screws")
+    box.fill("sandwich")
+    expect(items).to_have_count(1)
+    expect(items).to_contain_text("Lunch")
+    box.fill("lunch")                                    # a title match: no snippet needed
+    expect(items.get_by_test_id("conversation-snippet")).to_have_count(0)
+    box.fill("nothing like this")
+    expect(items).to_have_count(0)
+
+
+def test_docs_renders_the_api_with_no_network(server, browser):
+    from playwright.sync_api import expect
+    context = browser.new_context(viewport=DESKTOP)
+    outside = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_this_server)
+    page = context.new_page()
+    problems = watch(page)
+    try:
+        response = page.goto(server.url + "/docs")
+        assert response.status == 200
+        assert "script-src 'self';" in response.headers["content-security-policy"]
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("vlserve")
+        expect(page.locator(".opblock-summary-path").filter(has_text="/v1/chat/completions").first).to_be_visible()
+        page.locator(".opblock-summary-path").filter(has_text="/v1/chat/completions").first.click()
+        expect(page.get_by_text("return_progress").first).to_be_attached()
+        assert outside == [] and not problems.unexpected(), (outside, problems.unexpected())
+    finally:
+        context.close()

@@ -5,6 +5,7 @@
 
 import { ApiError, isAbort, streamChat } from "./api.js";
 import { askForKey } from "./auth.js";
+import { dropShown, fork, switchTo } from "./branches.js";
 import * as composer from "./composer.js";
 import { newId } from "./dom.js";
 import { explain } from "./explain.js";
@@ -13,7 +14,7 @@ import * as prefill from "./prefill.js";
 import { PromptProgress } from "./progress.js";
 import { renderMessages, startEdit, StreamView } from "./render.js";
 import { follow, scrollToBottom } from "./scroll.js";
-import { settings } from "./settings.js";
+import { SAMPLING, chatOverrides, effective } from "./settings.js";
 import * as store from "./store.js";
 import { toast } from "./toasts.js";
 
@@ -21,6 +22,7 @@ const TITLE_MAX = 60;
 const NOT_READY = "not ready";   // generate(): refused while the model loads; ask() waits
 const SAVE_EVERY_MS = 2000;
 const state = { conv: null, stream: null };
+let newChatSettings = {};     // set before a new chat's first message: it takes them
 const loaded = new Map();      // id -> conversation object (the same object while it streams)
 let ui, hooks;
 
@@ -49,6 +51,7 @@ export async function openConversation(id) {
 
 export function newChat() {
   state.conv = null;
+  newChatSettings = {};
   ui.messages.replaceChildren();
   render();
 }
@@ -85,8 +88,9 @@ export function render() {
     streamingId: streaming ? state.stream.message.id : null,
     busy: state.stream !== null,
     modelName: currentModel(),
-    onRegenerate: regenerate,
+    onRegenerate: (message) => regenerate(conv, message),
     onEdit: edit,
+    onSwitch: (message, k) => switchVersion(conv, message, k),
   });
   follow();     // a finished answer grew by its numbers line: stay at the bottom if there
 }
@@ -97,13 +101,14 @@ export async function send() {
   if (state.stream) return;
   prefill.drop({ cancel: false });   // the request continues from it
   const draft = composer.take();
-  if (!draft.text && !draft.images.length) return;
+  if (!draft.text && !draft.images.length && !draft.files.length) return;
   const conv = state.conv ?? startConversation();
   const message = { id: newId(), role: "user", text: draft.text, time: Date.now(),
     images: draft.images.map(({ url, name, width, height, bytes }) => ({ url, name, width, height, bytes })) };
+  if (draft.files.length) message.files = draft.files;
   conv.messages.push(message);
   if (!conv.renamed && conv.messages.filter((m) => m.role === "user").length === 1) {
-    conv.title = titleFrom(draft.text, draft.images.length);
+    conv.title = titleFrom(draft.text || draft.files[0]?.name || "", draft.images.length);
   }
   scrollToBottom();
   await ask(conv, {
@@ -115,14 +120,24 @@ export async function send() {
   });
 }
 
-export async function regenerate(conv = state.conv) {
+/** A new answer in place of `message` (default: the last answer); the old one and whatever
+ *  followed it stay as another version. */
+export async function regenerate(conv = state.conv, message = conv?.messages.at(-1)) {
   if (state.stream || !conv) return;
-  const old = conv.messages.at(-1);
-  if (old?.role === "assistant") conv.messages.pop();
-  await ask(conv, {
-    retry: () => regenerate(conv),
-    undo: () => { if (old?.role === "assistant") conv.messages.push(old); },
-  });
+  const at = message?.role === "assistant" ? conv.messages.indexOf(message) : -1;
+  const how = { retry: () => regenerate(conv), undo: () => {} };
+  if (at >= 0) {
+    how.place = (answer) => fork(conv, at, [answer]);
+    how.unplace = () => dropShown(conv, at);
+  }
+  await ask(conv, how);
+}
+
+async function switchVersion(conv, message, k) {
+  if (state.stream) return;
+  switchTo(conv, conv.messages.indexOf(message), k);
+  render();
+  await save(conv);
 }
 
 function edit(message, node) {
@@ -134,37 +149,57 @@ function edit(message, node) {
   startEdit(node, message.text, {
     onCancel: close,
     onSave: (text) => {
-      if (!text && !message.images?.length) return;
+      if (!text && !message.images?.length && !message.files?.length) return;
       close();
       resend(state.conv, message, text);
     },
   });
 }
 
-/** The edited last question replaces the old one; everything after it goes. */
+/** The edited question is asked as a new version of the conversation from there on; the
+ *  old question and what followed it stay as the previous version (‹ 1/2 ›). */
 async function resend(conv, message, text) {
   if (state.stream) return;
-  const before = conv.messages.slice();
-  const oldText = message.text;
+  const at = conv.messages.indexOf(message);
   const oldTitle = conv.title;
-  conv.messages.splice(conv.messages.indexOf(message) + 1);
-  message.text = text;
-  if (!conv.renamed && conv.messages.find((m) => m.role === "user") === message) {
-    conv.title = titleFrom(text, message.images?.length || 0);
+  const edited = { ...message, id: newId(), text, time: Date.now() };
+  delete edited.versions;
+  delete edited.version;
+  fork(conv, at, [edited]);
+  if (!conv.renamed && conv.messages.find((m) => m.role === "user") === edited) {
+    conv.title = titleFrom(text, edited.images?.length || 0);
   }
   await ask(conv, {
     retry: () => resend(conv, message, text),
     undo: () => {
-      conv.messages.splice(0, conv.messages.length, ...before);
-      message.text = oldText;
+      dropShown(conv, at);
       conv.title = oldTitle;
     },
   });
 }
 
+/** The chat on screen's own settings (chatsettings.js): a new chat's until it starts. */
+export function chatSettings() {
+  const conv = state.conv;
+  return {
+    values: conv ? (conv.settings ?? {}) : newChatSettings,
+    update: (changes) => {
+      const next = chatOverrides({ ...(conv ? conv.settings : newChatSettings), ...changes });
+      if (!conv) {
+        newChatSettings = next;
+        return;
+      }
+      conv.settings = next;
+      save(conv);
+    },
+  };
+}
+
 function startConversation() {
   const now = Date.now();
-  const conv = { id: newId(), title: "New chat", created: now, updated: now, messages: [] };
+  const conv = { id: newId(), title: "New chat", created: now, updated: now, messages: [],
+    settings: newChatSettings };
+  newChatSettings = {};
   loaded.set(conv.id, conv);
   state.conv = conv;
   return conv;
@@ -191,7 +226,7 @@ async function ask(conv, how) {
  *  model failed to load (the question goes back into the box). */
 async function untilReady(conv, undo) {
   if (!modelLoading()) return true;
-  const question = conv.messages.at(-1);
+  const question = conv.messages.findLast((m) => m.role === "user");
   const controller = new AbortController();
   question.queued = true;
   state.stream = { conv, message: question, controller, queued: true };
@@ -208,11 +243,14 @@ async function untilReady(conv, undo) {
   return ready;
 }
 
-async function generate(conv, { retry, undo }) {
+/** `place(answer)`: where the new answer goes (default: at the end); `unplace` takes it out
+ *  again when it failed before it began. */
+async function generate(conv, { retry, undo, place = (a) => conv.messages.push(a),
+  unplace = (a) => conv.messages.splice(conv.messages.indexOf(a), 1) }) {
   // partial: cleared when the stream ends; still set after a reload means it was cut short
   const answer = { id: newId(), role: "assistant", text: "", reasoning: "", time: Date.now(),
     model: currentModel(), partial: true };
-  conv.messages.push(answer);
+  place(answer);
   conv.updated = Date.now();
   const controller = new AbortController();
   const progress = new PromptProgress(answer.model);
@@ -243,7 +281,7 @@ async function generate(conv, { retry, undo }) {
     view.cancel();
     if (isAbort(err)) answer.stopped = true;
     else if (!answer.text && !answer.reasoning && !answer.toolCalls) {
-      conv.messages.splice(conv.messages.indexOf(answer), 1);
+      unplace(answer);
       const error = asApiError(err);
       if (error.status === 503 && error.code === "model_not_ready"
           && (await watchHealth({ quiet: true })) && modelLoading()) {
@@ -284,7 +322,7 @@ export function draftBody() {
   const draft = composer.peek();
   if (!draft.images.length || state.stream) return null;
   const messages = [...(state.conv?.messages ?? []), { role: "user", ...draft }];
-  const body = requestBody({ messages });
+  const body = requestBody({ messages, settings: state.conv ? state.conv.settings : newChatSettings });
   delete body.stream;
   delete body.stream_options;
   delete body.return_progress;
@@ -292,12 +330,13 @@ export function draftBody() {
 }
 
 function requestBody(conv) {
-  const s = settings();
+  const s = effective(conv.settings);
   const messages = [];
   if (s.systemPrompt.trim()) messages.push({ role: "system", content: s.systemPrompt.trim() });
   const parts = (m) => {
     // images first, then the text: the order Qwen-VL's own examples use
     const out = (m.images || []).map((image) => ({ type: "image_url", image_url: { url: image.url, detail: s.imageDetail } }));
+    for (const file of m.files || []) out.push({ type: "text", text: fileText(file) });
     if (m.text) out.push({ type: "text", text: m.text });
     return out;
   };
@@ -313,11 +352,18 @@ function requestBody(conv) {
       messages.push({ role: "assistant", content: m.text });
     }
   }
-  const body = { messages, stream: true, stream_options: { include_usage: true }, return_progress: true,
-    temperature: s.temperature };
+  const body = { messages, stream: true, stream_options: { include_usage: true }, return_progress: true };
+  for (const f of SAMPLING) if (s[f.key] != null) body[f.api] = s[f.key];
   if (currentModel()) body.model = currentModel();
-  if (s.maxTokens) body.max_tokens = s.maxTokens;
   return body;
+}
+
+/** A text file as the model reads it: its name, then its text in a fence long enough that
+ *  no line of the file closes it. */
+function fileText({ name, text }) {
+  const longest = Math.max(2, ...(text.match(/`{3,}/g) ?? []).map((run) => run.length));
+  const fence = "`".repeat(longest + 1);
+  return `File ${name}:\n${fence}\n${text}\n${fence}`;
 }
 
 function applyChunk(answer, chunk, timing) {

@@ -1,7 +1,8 @@
 // The message box: auto-growing textarea (Enter sends, Shift+Enter breaks the line), the
-// strip of images waiting to be sent, and the Send/Stop button pair.
+// strip of images and files waiting to be sent, and the Send/Stop button pair.
 
-import { el, iconButton, newId, formatBytes } from "./dom.js";
+import { el, icon, iconButton, newId, formatBytes } from "./dom.js";
+import { kindOf, pdfPages, readTextFile } from "./files.js";
 import { prepareImage } from "./images.js";
 import { openLightbox } from "./lightbox.js";
 import { toast } from "./toasts.js";
@@ -10,7 +11,12 @@ const MAX_ATTACHMENTS = 10;
 const MAX_HEIGHT_RATIO = 0.4;     // the box grows up to 40% of the window, then scrolls
 
 let input, strip, sendButton, stopButton, form;
-let attachments = [];   // {id, url, name, width, height, bytes} or {id, name, pending: true}
+// {id, url, name, width, height, bytes}: an image; {id, kind: "file", name, text, bytes}: a
+// text file; {id, name, pending: true}: one being prepared
+let attachments = [];
+const isFile = (a) => a.kind === "file";
+const readyImages = () => attachments.filter((a) => !a.pending && !isFile(a));
+const readyFiles = () => attachments.filter(isFile).map(({ name, text, bytes }) => ({ name, text, bytes }));
 let streaming = false;
 let handlers = { send: () => {}, stop: () => {}, draft: () => {} };
 
@@ -82,7 +88,7 @@ export function setStreaming(on) {
 
 /** What to send: trimmed text and the ready images; clears the box. */
 export function take() {
-  const message = { text: input.value.trim(), images: attachments.filter((a) => !a.pending) };
+  const message = { text: input.value.trim(), images: readyImages(), files: readyFiles() };
   setText("");
   attachments = [];
   renderStrip();
@@ -91,13 +97,14 @@ export function take() {
 
 /** What is in the box now (trimmed text and the ready images), left there. */
 export function peek() {
-  return { text: input.value.trim(), images: attachments.filter((a) => !a.pending) };
+  return { text: input.value.trim(), images: readyImages(), files: readyFiles() };
 }
 
 /** Put a message back (a send that failed before any answer): nothing typed is lost. */
-export function restore({ text, images }) {
+export function restore({ text, images, files = [] }) {
   if (!input.value.trim()) setText(text);
-  attachments = [...images.map((i) => ({ ...i, id: newId() })), ...attachments];
+  attachments = [...images.map((i) => ({ ...i, id: newId() })),
+    ...files.map((f) => ({ ...f, kind: "file", id: newId() })), ...attachments];
   renderStrip();
 }
 
@@ -111,9 +118,57 @@ export function focusInput() {
   input.focus({ preventScroll: true });
 }
 
-/** Add image files (from the picker, a paste or a drop), downscaling each in turn. */
+/** Add files (the picker, a paste or a drop): images, downscaled each in turn; a PDF's
+ *  pages, as images; text files, as text parts; anything else is refused, saying so. */
 export async function addFiles(files) {
-  const room = MAX_ATTACHMENTS - attachments.length;
+  const refused = files.filter((f) => !kindOf(f));
+  if (refused.length) {
+    toast({ kind: "info", title: refused.length > 1 ? "Files not added" : "File not added",
+      message: `${refused.map((f) => `“${f.name}”`).join(", ")}: only images, PDFs and text files (.txt, .md, .csv, .json, code…) can be sent.` });
+  }
+  const images = [];
+  for (const file of files) {
+    const kind = kindOf(file);
+    if (kind === "image") images.push(file);
+    else if (kind === "text") await addText(file);
+    else if (kind === "pdf") images.push(...(await pages(file)));
+  }
+  if (images.length) await addImages(images);
+  focusInput();
+}
+
+async function addText(file) {
+  try {
+    attachments.push({ id: newId(), kind: "file", ...(await readTextFile(file)) });
+    renderStrip();
+    handlers.draft({ now: true });
+  } catch (err) {
+    toast({ kind: "error", title: "File not added", message: err.message });
+  }
+}
+
+/** A PDF's pages as image files (a placeholder shows while they are drawn). */
+async function pages(file) {
+  const placeholder = { id: newId(), name: file.name, pending: true };
+  attachments.push(placeholder);
+  renderStrip();
+  try {
+    const { pages: out, total } = await pdfPages(file);
+    if (total > out.length) {
+      toast({ kind: "info", title: "Only the first pages were added",
+        message: `“${file.name}” has ${total} pages; the first ${out.length} were added as images.` });
+    }
+    return out;
+  } catch (err) {
+    toast({ kind: "error", title: "PDF not added", message: err.message });
+    return [];
+  } finally {
+    replace(placeholder.id, null);
+  }
+}
+
+async function addImages(files) {
+  const room = MAX_ATTACHMENTS - attachments.filter((a) => !isFile(a)).length;
   if (files.length > room) {
     toast({ kind: "info", title: "Too many images",
       message: `Up to ${MAX_ATTACHMENTS} images per message; ${files.length - Math.max(room, 0)} were not added.` });
@@ -130,7 +185,6 @@ export async function addFiles(files) {
       toast({ kind: "error", title: "Image not added", message: err.message });
     }
   }
-  focusInput();
 }
 
 function replace(id, value) {
@@ -149,6 +203,17 @@ function renderStrip() {
 }
 
 function thumbnail(a) {
+  if (isFile(a)) {
+    return el("li.attachment.attachment-file", { "data-testid": "attachment", "data-kind": "file",
+      title: `${a.name}, ${formatBytes(a.bytes)}` },
+    el("span.file-chip", {}, icon("file"), el("span.file-name", { text: a.name }),
+      el("span.file-size", { text: formatBytes(a.bytes) })),
+    iconButton("x", `Remove ${a.name}`, { class: "icon-btn attachment-remove",
+      "data-testid": "attachment-remove", onclick: () => {
+        replace(a.id, null);
+        focusInput();
+      } }));
+  }
   const label = a.pending ? `${a.name} (preparing)` : `${a.name}, ${a.width}×${a.height}, ${formatBytes(a.bytes)}`;
   const preview = a.pending
     ? el("span.thumb-pending", { "aria-hidden": "true" }, el("span.spinner"))

@@ -1,5 +1,6 @@
-// The conversation list in the sidebar: grouped by day, searchable by title, with rename,
-// delete (after a confirmation), export (one or all) and import (merging by id).
+// The conversation list in the sidebar: grouped by day, searchable by title and by every
+// message's words (a line around the match is shown), with rename, delete (after a
+// confirmation), export (one or all) and import (merging by id).
 
 import { el, iconButton, dayGroup, downloadFile } from "./dom.js";
 import * as store from "./store.js";
@@ -52,7 +53,8 @@ export function setActive(id) {
 
 function render() {
   const query = search.value.trim().toLowerCase();
-  const shown = query ? metas.filter((m) => m.title.toLowerCase().includes(query)) : metas;
+  const shown = query ? metas.filter((m) => m.title.toLowerCase().includes(query)
+    || (m.text ?? "").toLowerCase().includes(query)) : metas;
   const groups = [];
   for (const meta of shown) {
     const name = dayGroup(meta.updated);
@@ -61,16 +63,28 @@ function render() {
   }
   list.replaceChildren(...groups.flatMap((g) => [
     el("li.conv-group", { role: "presentation", text: g.name }),
-    ...g.items.map(item),
+    ...g.items.map((meta) => item(meta, query)),
   ]));
   empty.hidden = shown.length > 0;
   empty.textContent = query ? `No chats match “${search.value.trim()}”.` : "No chats yet. Your conversations will appear here.";
   setActive(activeId);
 }
 
-function item(meta) {
+/** Where the query is in a chat's words: a line around it, or null (found in the title). */
+function snippet(meta, query) {
+  if (!query || meta.title.toLowerCase().includes(query)) return null;
+  const text = meta.text ?? "";
+  const at = text.toLowerCase().indexOf(query);
+  if (at < 0) return null;
+  const start = Math.max(0, at - 30);
+  const line = text.slice(start, at + query.length + 50).replace(/\s+/g, " ").trim();
+  return el("span.conv-snippet", { "data-testid": "conversation-snippet",
+    text: `${start > 0 ? "…" : ""}${line}…` });
+}
+
+function item(meta, query = "") {
   const open = el("button.conv-open", { type: "button", title: meta.title, onclick: () => hooks.open(meta.id) },
-    el("span.conv-title", { text: meta.title }));
+    el("span.conv-title", { text: meta.title }), snippet(meta, query));
   return el("li.conv", { "data-testid": "conversation-item", "data-id": meta.id }, open,
     el("div.conv-actions", {},
       iconButton("pencil", `Rename “${meta.title}”`, { "data-testid": "conversation-rename", onclick: () => rename(meta) }),

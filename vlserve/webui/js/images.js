@@ -2,8 +2,6 @@
 // downscaling that happens in the browser before upload (a 12-megapixel photo becomes a
 // few hundred KB; the server would shrink it to 1024 px anyway).
 
-import { toast } from "./toasts.js";
-
 const MAX_SIDE = 1536;              // long side after downscaling
 const JPEG_QUALITY = 0.9;
 const KEEP_BYTES = 1.5 * 1024 * 1024;  // small enough to send as is
@@ -76,7 +74,7 @@ function readAsDataURL(blob) {
   });
 }
 
-/** Wire every way of adding images; each calls `add(files)`. */
+/** Wire every way of adding images and files; each calls `add(files)` (which sorts them). */
 export function initImageSources(add) {
   const input = document.getElementById("file-input");
   document.getElementById("attach-button").addEventListener("click", () => input.click());
@@ -85,7 +83,7 @@ export function initImageSources(add) {
     input.value = "";          // choosing the same file again must fire "change" again
   });
   document.addEventListener("paste", (event) => {
-    const files = [...(event.clipboardData?.files || [])].filter(isImageFile);
+    const files = [...(event.clipboardData?.files || [])];
     if (!files.length) return;       // plain text pastes as usual
     event.preventDefault();
     add(files);
@@ -117,12 +115,6 @@ function initDrop(add) {
     if (!hasFiles(event)) return;
     event.preventDefault();
     hide();
-    const files = [...event.dataTransfer.files];
-    const images = files.filter(isImageFile);
-    if (images.length < files.length) {
-      toast({ kind: "info", title: "Only images can be added",
-        message: `${files.length - images.length} other file(s) were skipped.` });
-    }
-    add(images);
+    add([...event.dataTransfer.files]);
   });
 }

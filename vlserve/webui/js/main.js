@@ -3,6 +3,7 @@
 
 import { initAuth } from "./auth.js";
 import * as chat from "./chat.js";
+import { initChatSettings } from "./chatsettings.js";
 import * as composer from "./composer.js";
 import { initConversations, refreshList, setActive } from "./conversations.js";
 import { initImageSources } from "./images.js";
@@ -68,6 +69,7 @@ async function start() {
   initScroll();
   initModels();
   initSettings({ onOpen: onSettingsOpen });
+  initChatSettings({ current: chat.chatSettings });
   initLayout();
   initShortcuts();
   composer.initComposer({ onSend: chat.send, onStop: chat.stop,

@@ -2,7 +2,7 @@
 // did not change (so images never reload and focus is not lost), the per-answer numbers,
 // and StreamView, which paints a streaming answer at most once per animation frame.
 
-import { el, icon, iconButton, clockTime, fullDate, copyText, flashCopied } from "./dom.js";
+import { el, icon, iconButton, clockTime, fullDate, copyText, flashCopied, formatBytes } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { openLightbox } from "./lightbox.js";
 import { paintProgress } from "./progress.js";
@@ -10,13 +10,12 @@ import { follow } from "./scroll.js";
 
 /**
  * Bring `container` in line with `conv.messages`. `ctx`: {streamingId, busy, onEdit,
- * onRegenerate, modelName}.
+ * onRegenerate, onSwitch(message, version), modelName}.
  */
 export function renderMessages(container, conv, ctx) {
   const existing = new Map([...container.children].map((n) => [n.dataset.id, n]));
   const initial = existing.size === 0;     // a chat just opened: no entry animations
   const last = conv.messages.length - 1;
-  const lastUser = conv.messages.findLastIndex((m) => m.role === "user");
   let previous = null;
   const calls = new Map(conv.messages.flatMap((m) => m.toolCalls ?? []).map((c) => [c.id, c.name]));
   conv.messages.forEach((message, index) => {
@@ -36,7 +35,7 @@ export function renderMessages(container, conv, ctx) {
       node._sig = sig;
     }
     existing.delete(message.id);
-    setActions(node, message, { ctx, isLast: index === last, isLastUser: index === lastUser });
+    setActions(node, message, { ctx, isLast: index === last });
     const expected = previous ? previous.nextSibling : container.firstChild;
     if (expected !== node) container.insertBefore(node, expected);
     previous = node;
@@ -55,7 +54,7 @@ function signature(m, streaming) {
   return [m.text, m.reasoning, m.images?.length, JSON.stringify(m.stats ?? null),
     JSON.stringify(m.toolCalls ?? null), m.toolCallId,
     JSON.stringify(m.context ?? null), m.finish, m.error, m.stopped, m.partial, m.model,
-    m.queued, streaming].join("\u0000");
+    m.queued, m.version, m.versions?.length, m.files?.length, streaming].join("\u0000");
 }
 
 function buildMessage(m, ctx) {
@@ -67,6 +66,7 @@ function buildMessage(m, ctx) {
   node.append(messageHead(m, name, isUser));
   // a user's photos sit above their text bubble (not inside it), at their own width
   if (m.images?.length) node.append(imageGrid(m.images));
+  if (m.files?.length) node.append(fileList(m.files));
   const bubble = messageBubble(m, isUser, streaming);
   if (bubble.childNodes.length) node.append(bubble);
   const note = noteFor(m, streaming);
@@ -136,6 +136,14 @@ function toolMessage(m, callName) {
     { "data-testid": "message-content", text: m.text })));
   node.append(el("div.message-actions"));
   return node;
+}
+
+/** A message's text files: their names and sizes (their text went to the model). */
+function fileList(files) {
+  return el("ul.message-files", { "data-testid": "message-files" }, ...files.map((f) =>
+    el("li.file-chip", { "data-testid": "message-file", title: `${f.name}: ${f.text.length} characters sent as text` },
+      icon("file"), el("span.file-name", { text: f.name }),
+      el("span.file-size", { text: formatBytes(f.bytes ?? f.text.length) }))));
 }
 
 const SINGLE_IMAGE_PX = 300;
@@ -219,18 +227,33 @@ function seconds(ms) {
   return ms < 10000 ? `${(ms / 1000).toFixed(2)} s` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-function setActions(node, m, { ctx, isLast, isLastUser }) {
+function setActions(node, m, { ctx, isLast }) {
   const bar = node.querySelector(":scope > .message-actions");
   const idle = !ctx.busy;
   const want = [
+    m.versions?.length > 1 ? `versions:${m.version}/${m.versions.length}:${idle}` : null,
     m.text ? "copy" : null,
-    idle && m.role === "user" && isLastUser ? "edit" : null,
-    idle && m.role === "assistant" && isLast ? "regenerate" : null,
+    idle && m.role === "user" ? "edit" : null,
+    idle && m.role === "assistant" ? "regenerate" : null,
   ].filter(Boolean);
   node.classList.toggle("is-last", isLast);
   if (bar.dataset.has === want.join()) return;
   bar.dataset.has = want.join();
-  bar.replaceChildren(...want.map((kind) => actionButton(kind, m, ctx, node)));
+  bar.replaceChildren(...want.map((kind) => kind.startsWith("versions:")
+    ? versionSwitcher(m, ctx, idle) : actionButton(kind, m, ctx, node)));
+}
+
+/** "‹ 2/3 ›": which version of the conversation from this message on is shown. */
+function versionSwitcher(m, ctx, idle) {
+  const k = m.version;
+  const n = m.versions.length;
+  const what = m.role === "user" ? "question" : "answer";
+  return el("span.versions", { "data-testid": "versions", role: "group", "aria-label": `Version ${k + 1} of ${n}` },
+    iconButton("chevron-left", `Previous ${what}`, { "data-testid": "version-prev",
+      disabled: !idle || k === 0, onclick: () => ctx.onSwitch(m, k - 1) }),
+    el("span.versions-label", { "data-testid": "version-label", text: `${k + 1}/${n}` }),
+    iconButton("chevron-right", `Next ${what}`, { "data-testid": "version-next",
+      disabled: !idle || k === n - 1, onclick: () => ctx.onSwitch(m, k + 1) }));
 }
 
 function actionButton(kind, m, ctx, node) {
@@ -242,7 +265,7 @@ function actionButton(kind, m, ctx, node) {
   if (kind === "edit") {
     return iconButton("pencil", "Edit and resend", { "data-testid": "edit-button", onclick: () => ctx.onEdit(m, node) });
   }
-  return iconButton("refresh", "Regenerate answer", { "data-testid": "regenerate-button", onclick: () => ctx.onRegenerate() });
+  return iconButton("refresh", "Regenerate answer", { "data-testid": "regenerate-button", onclick: () => ctx.onRegenerate(m) });
 }
 
 /** Replace a user message's text with an editor; Enter or "Send" saves, Esc cancels. */

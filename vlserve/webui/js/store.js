@@ -2,6 +2,8 @@
 // small records the sidebar lists (id, title, dates), "conversations" the full ones, so
 // listing never loads every photo ever sent.
 
+import { allMessages } from "./branches.js";
+
 const DB_NAME = "vlserve";
 const VERSION = 1;
 let dbPromise = null;
@@ -38,14 +40,35 @@ function result(request) {
   });
 }
 
+const SEARCH_CHARS = 50_000;    // of a conversation's words kept for search (no images)
+
+/** What the sidebar lists: the small record, with the words of every message (every
+ *  version, text files included) for full-text search. */
 export function metaOf(conv) {
-  return { id: conv.id, title: conv.title, created: conv.created, updated: conv.updated };
+  const words = [];
+  for (const m of allMessages(conv.messages)) {
+    if (m.text) words.push(m.text);
+    for (const f of m.files ?? []) words.push(f.name);
+  }
+  return { id: conv.id, title: conv.title, created: conv.created, updated: conv.updated,
+    text: words.join("\n").slice(0, SEARCH_CHARS) };
 }
 
-/** Every conversation's meta record, most recently updated first. */
+/** Every conversation's meta record, most recently updated first. Records from before
+ *  full-text search get their words once, from the full conversation. */
 export async function listConversations() {
   const db = await open();
   const all = await result(db.transaction("meta").objectStore("meta").getAll());
+  const old = all.filter((meta) => typeof meta.text !== "string");
+  if (old.length) {
+    const tx = db.transaction(["meta", "conversations"], "readwrite");
+    for (const meta of old) {
+      const conv = await result(tx.objectStore("conversations").get(meta.id));
+      if (conv) Object.assign(meta, metaOf(conv));
+      tx.objectStore("meta").put(meta);
+    }
+    await done(tx);
+  }
   return all.sort((a, b) => b.updated - a.updated);
 }
 

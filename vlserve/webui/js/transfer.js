@@ -3,8 +3,11 @@
 // makes the page fetch from elsewhere), unknown fields are dropped.
 
 import { newId } from "./dom.js";
+import { chatOverrides } from "./settings.js";
 
 const MAX_TITLE = 200;
+const MAX_VERSION_DEPTH = 50;   // versions within versions: deeper ones are dropped
+const MAX_FILE_CHARS = 400_000;
 
 /** Accepts our export ({conversations: [...]}), a bare list, or one conversation. */
 export function normalizeImport(data) {
@@ -19,7 +22,7 @@ export function normalizeImport(data) {
 
 function conversation(c) {
   if (!c || typeof c !== "object" || !Array.isArray(c.messages)) return null;
-  const messages = c.messages.map(message).filter(Boolean);
+  const messages = c.messages.map((m) => message(m, 0)).filter(Boolean);
   const now = Date.now();
   const created = time(c.created, now);
   return {
@@ -28,11 +31,12 @@ function conversation(c) {
     renamed: Boolean(c.renamed),
     created,
     updated: time(c.updated, created),
+    settings: chatOverrides(c.settings),
     messages,
   };
 }
 
-function message(m) {
+function message(m, depth) {
   if (!m || !["user", "assistant", "tool"].includes(m.role)) return null;
   const out = {
     id: typeof m.id === "string" && /^[\w-]{1,64}$/.test(m.id) ? m.id : newId(),
@@ -47,6 +51,19 @@ function message(m) {
     const callId = m.toolCallId ?? m.tool_call_id;
     if (typeof callId !== "string" || !callId) return null;
     out.toolCallId = callId.slice(0, 200);
+  }
+  const files = Array.isArray(m.files) ? m.files.filter((f) => typeof f?.name === "string"
+    && typeof f?.text === "string").map((f) => ({ name: f.name.slice(0, 200), text: f.text.slice(0, MAX_FILE_CHARS) })) : [];
+  if (files.length && m.role === "user") out.files = files;
+  // other versions of the conversation from here on (branches.js), each checked the same way
+  if (Array.isArray(m.versions) && depth < MAX_VERSION_DEPTH && Number.isInteger(m.version)
+      && m.version >= 0 && m.version < m.versions.length) {
+    const versions = m.versions.map((tail, k) => (k === m.version ? null
+      : Array.isArray(tail) ? tail.map((t) => message(t, depth + 1)).filter(Boolean) : []));
+    if (versions.every((tail, k) => k === m.version || tail.length)) {
+      out.versions = versions;
+      out.version = m.version;
+    }
   }
   if (m.role === "assistant") {
     const calls = toolCalls(m.toolCalls ?? m.tool_calls);
