@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Screenshots of the chat page for the docs: desktop light and dark (1280x800) and a phone
-(375x812, drawer closed), written to docs/screenshots/ or the folder given.
+(375x812, drawer closed), written to docs/screenshots/ or the folder given; with
+`--features`, three more: the prompt's progress bar, a formula, the versions switcher.
 
-    .venv/bin/python scripts/screenshots.py [OUT_DIR] [--url http://127.0.0.1:7860]
+    .venv/bin/python scripts/screenshots.py [OUT_DIR] [--url http://127.0.0.1:7860] [--features]
+
+`--features` starts its own server on the generated `vision` preset (a vision tower that
+takes seconds to encode a photo here), so the progress bar is a real one, caught mid-encode.
 
 Without --url it starts its own server on the generated tiny model (as the tests do). The
 conversation shown has two turns: the first is imported example text, labelled as such (what
@@ -96,18 +100,22 @@ def showcase(now_ms: int) -> dict:
     return {"format": "vlserve-chats", "version": 1, "conversations": convs}
 
 
+def open_page(p, settings: dict):
+    """(browser, page, problems): Debian's chromium at desktop size, light, with `settings`."""
+    from browser import launch, watch
+    browser = launch(p)
+    context = browser.new_context(viewport=DESKTOP, color_scheme="light", device_scale_factor=1)
+    context.add_init_script(f"localStorage.setItem('vlserve.settings', {json.dumps(json.dumps(settings))})")
+    page = context.new_page()
+    return browser, page, watch(page)
+
+
 def shoot(url: str, out_dir: Path) -> list[Path]:
     from playwright.sync_api import expect, sync_playwright
-    from browser import launch, watch
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     with sync_playwright() as p:
-        browser = launch(p)
-        context = browser.new_context(viewport=DESKTOP, color_scheme="light", device_scale_factor=1)
-        context.add_init_script(
-            "localStorage.setItem('vlserve.settings', JSON.stringify({maxTokens: 40, temperature: 0.7}))")
-        page = context.new_page()
-        problems = watch(page)
+        browser, page, problems = open_page(p, {"maxTokens": 40, "temperature": 0.7})
         page.goto(url)
         page.get_by_test_id("composer-input").wait_for()
         page.get_by_test_id("import-input").set_input_files(files=[{
@@ -149,6 +157,77 @@ def shoot(url: str, out_dir: Path) -> list[Path]:
     return paths
 
 
+MATH_EXAMPLE = (
+    "The worksheet's three formulas, transcribed:\n\n"
+    "1. The area under the curve: $$\\int_0^1 x^2\\,dx = \\left[\\frac{x^3}{3}\\right]_0^1 = \\frac{1}{3}$$\n"
+    "2. Pythagoras, for the triangle drawn: \\[ a^2 + b^2 = c^2 \\]\n"
+    "3. The quadratic formula, with $a \\neq 0$: "
+    "$$x = \\frac{-b \\pm \\sqrt{b^2 - 4ac}}{2a}$$\n\n"
+    "The margin note reads $e^{i\\pi} + 1 = 0$.")
+
+
+def shoot_features(url: str, out_dir: Path) -> list[Path]:
+    """progress.png (a photo question mid-encode, its estimate from the question before),
+    math.png (an imported example answer with TeX), versions.png (an answer regenerated)."""
+    from playwright.sync_api import expect, sync_playwright
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with sync_playwright() as p:
+        browser, page, problems = open_page(p, {"maxTokens": 24, "temperature": 0.7})
+        # no prefill while typing here: it would encode the photo before Send
+        page.route("**/v1/chat/prefill", lambda route: route.fulfill(status=404, json={"error": {
+            "message": "off", "type": "not_found", "param": None, "code": None}}))
+        problems.allow("the server responded with a status of 404")
+        page.goto(url)
+        page.get_by_test_id("composer-input").wait_for()
+        bar = page.get_by_test_id("prompt-progress")
+        for n, missing in enumerate(("square", "circle")):
+            page.get_by_test_id("file-input").set_input_files(files=[{
+                "name": f"shelf-{n + 1}.png", "mimeType": "image/png",
+                "buffer": shapes_png(missing=missing, size=(640, 420))}])
+            expect(page.get_by_test_id("attachment").locator("img")).to_be_visible()
+            page.get_by_test_id("composer-input").fill("Which shape is missing from the shelf?")
+            page.get_by_test_id("composer-input").press("Enter")
+            expect(bar).to_contain_text("Encoding image 1 of 1", timeout=60_000)
+            if n == 1:       # the first photo measured what an image costs: an estimate
+                expect(bar).to_contain_text("left")
+                page.mouse.move(0, 0)
+                paths.append(snap(page, out_dir / "progress.png"))
+            expect(page.get_by_test_id("message-stats")).to_have_count(n + 1, timeout=120_000)
+        # versions: the last answer regenerated twice ("‹ 3/3 ›")
+        for _ in range(2):
+            last = page.locator('[data-testid="message"][data-role="assistant"]').last
+            last.hover()
+            last.get_by_test_id("regenerate-button").click()
+            expect(page.get_by_test_id("send-button")).to_be_visible(timeout=60_000)
+        last = page.locator('[data-testid="message"][data-role="assistant"]').last
+        expect(last.get_by_test_id("version-label")).to_have_text("3/3")
+        last.hover()
+        page.wait_for_timeout(300)
+        paths.append(snap(page, out_dir / "versions.png"))
+        # math: example text (no model wrote it), imported and rendered by the page
+        page.get_by_test_id("import-input").set_input_files(files=[{
+            "name": "math.json", "mimeType": "application/json", "buffer": json.dumps({
+                "conversations": [{"id": "math", "title": "Formulas on a worksheet",
+                                   "created": int(time.time() * 1000), "updated": int(time.time() * 1000),
+                                   "messages": [
+                    {"id": "mu", "role": "user", "time": int(time.time() * 1000),
+                     "text": "Transcribe the formulas on this worksheet."},
+                    {"id": "ma", "role": "assistant", "time": int(time.time() * 1000),
+                     "model": "example answer (imported)", "text": MATH_EXAMPLE}]}]}).encode()}])
+        page.get_by_test_id("conversation-item").filter(has_text="Formulas on a worksheet").click()
+        expect(page.locator(".katex-display")).to_have_count(3)
+        for close in page.locator(".toast-close").all():
+            close.click()
+        page.mouse.move(0, 0)
+        page.wait_for_timeout(300)
+        paths.append(snap(page, out_dir / "math.png"))
+        if problems.unexpected():
+            raise RuntimeError(f"the page logged errors: {problems.unexpected()}")
+        browser.close()
+    return paths
+
+
 def snap(page, path: Path) -> Path:
     page.screenshot(path=str(path))
     return path
@@ -158,18 +237,21 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", nargs="?", default=str(ROOT / "docs" / "screenshots"))
     ap.add_argument("--url", help="use this running server instead of starting one")
+    ap.add_argument("--features", action="store_true",
+                    help="the progress bar, a formula and the versions switcher instead")
     args = ap.parse_args(argv)
     out_dir = Path(args.out_dir)
+    take = shoot_features if args.features else shoot
     if args.url:
-        return shoot(args.url, out_dir)
+        return take(args.url, out_dir)
     from conftest import LiveServer
     from vlserve.library.tinymodel import make_model
     with tempfile.TemporaryDirectory() as tmp:
-        model, mmproj = make_model(Path(tmp) / "tiny")
+        model, mmproj = make_model(Path(tmp) / "tiny", "vision" if args.features else "tiny")
         server = LiveServer((str(model), str(mmproj)), "--no-warmup", "--alias", ALIAS,
                             log_path=Path(tmp) / "server.log")
         try:
-            return shoot(server.url, out_dir)
+            return take(server.url, out_dir)
         finally:
             server.stop()
 

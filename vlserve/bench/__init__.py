@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tokens", type=int, default=64, help="decode: tokens to generate per run")
     ap.add_argument("--runs", type=int, default=3, help="decode: runs (median reported)")
     ap.add_argument("--turn-tokens", type=int, default=32, help="turns: max_tokens per turn")
+    ap.add_argument("--return-progress", action="store_true",
+                    help="turns: every request asks for prompt_progress chunks (the page does)")
     ap.add_argument("--peers", default="vlserve,llama-server,llama-cpp-python",
                     help="turns: comma-separated, from " + ", ".join(PEERS))
     ap.add_argument("--llama-server", help="turns: path to llama.cpp's llama-server binary")

@@ -96,15 +96,17 @@ QUESTIONS = [
 ]
 
 
-def turns_scenario(base_url: str, max_tokens: int = 32) -> list[dict]:
+def turns_scenario(base_url: str, max_tokens: int = 32, progress: bool = False) -> list[dict]:
     """Turn 1: the photo + a question; each later turn: a new question, with every earlier
-    turn (assistant answers exactly as streamed) carried in the conversation."""
+    turn (assistant answers exactly as streamed) carried in the conversation. `progress`:
+    each request asks for prompt_progress chunks (as the page does)."""
     messages, results = [], []
     for i, question in enumerate(QUESTIONS):
         content = question if i else [{"type": "image_url", "image_url": {"url": photo_url()}},
                                       {"type": "text", "text": question}]
         messages.append({"role": "user", "content": content})
-        result = stream_chat(base_url, messages, max_tokens)
+        result = stream_chat(base_url, messages, max_tokens,
+                             **({"return_progress": True} if progress else {}))
         messages.append({"role": "assistant", "content": result["text"]})
         results.append(result)
         print(f"  turn {i + 1}: first token {result['ttft_s']:.2f} s, total {result['total_s']:.2f} s, "
@@ -287,7 +289,8 @@ def bench_turns(args) -> dict:
         print(f"{name}: starting (log {LOG_DIR / name}.log)", file=sys.stderr)
         proc = PEERS[name](args, port)
         try:
-            turns = turns_scenario(f"http://127.0.0.1:{port}", args.turn_tokens)
+            turns = turns_scenario(f"http://127.0.0.1:{port}", args.turn_tokens,
+                                   args.return_progress)
         finally:
             stop(proc)
         results[name] = [{k: v for k, v in t.items() if k != "text"} | {"answer_chars": len(t["text"])}
