@@ -1453,6 +1453,13 @@ def test_formulas_are_rendered_with_katex_protected_from_markdown_and_inert(serv
     assert "\\int_0^1 x^2\\,dx = \\frac{1}{3}" in annotations          # backslashes intact
     assert "a^2+b^2=c^2" in annotations and "e^{i\\pi}+1=0" in annotations
     assert "x_1 + x_2" in annotations                                  # underscores intact
+    # KaTeX's own SVG (a radical) is drawn as KaTeX styles it, not as one of the page's icons
+    import_json(page, {"conversations": [conversation("root", "Root", [("root", "$$\\sqrt{2}$$")])]})
+    page.get_by_test_id("conversation-item").filter(has_text="Root").click()
+    radical = messages(page, "assistant").locator(".katex svg path").first
+    assert radical.evaluate("p => getComputedStyle(p).fill") != "none"
+    assert radical.evaluate("p => p.closest('svg').getBoundingClientRect().width") > 20
+    page.get_by_test_id("conversation-item").filter(has_text="Math").click()
     expect(content).to_contain_text("It costs $5 and $10.")           # money is not math
     expect(content.locator("code").first).to_have_text("$not math$")
     expect(content.locator("pre code")).to_contain_text("$$also not$$")
