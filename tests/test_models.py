@@ -82,18 +82,21 @@ def test_choose_the_largest_that_fits(budget_gb, thinking, want, fits):
 
 
 # On a CPU: (decode threads, free RAM, probed memory bandwidth) -> the model started. The
-# estimate is min(bandwidth, threads x 15 GB/s) / Q4_K_M weights (2B 1.11 GB, 4B 2.50,
-# 8B 5.03, 32B 19.8), usable from 5 tokens/s.
+# estimate is min(bandwidth, threads x 15 GB/s) x 0.45 / Q4_K_M weights (2B 1.11 GB, 4B
+# 2.50, 8B 5.03, 32B 19.8), usable from 5 tokens/s: the 2B needs 12.3 GB/s, the 4B 27.8,
+# the 8B 55.9, the 32B 220.
 CPU_TABLE = [
-    # a 2-core machine with 24 GB and slow memory: the 8B fits, only the 2B is usable
+    # 2 cores, 24 GB: the 8B fits; slow memory: none is usable, the smallest it is
     (2, 24, 10, "qwen3-vl-2b-instruct", True),
-    (2, 24, 23.1, "qwen3-vl-4b-instruct", True),    # this VM's probe: 8B 4.6 tokens/s, 4B 9.2
-    (1, 16, 40, "qwen3-vl-4b-instruct", True),      # one thread: the cores decide, not memory
-    (4, 16, 20, "qwen3-vl-4b-instruct", True),
-    (8, 32, 40, "qwen3-vl-8b-instruct", True),
-    (16, 64, 60, "qwen3-vl-8b-instruct", True),     # the 32B: 3.0 tokens/s
-    (16, 64, 20, "qwen3-vl-4b-instruct", True),     # many cores, slow memory: memory decides
-    (64, 256, 200, "qwen3-vl-32b-instruct", True),
+    (2, 24, 23.1, "qwen3-vl-2b-instruct", True),    # this VM, two probes: 4B 4.2 tokens/s
+    (2, 24, 35.7, "qwen3-vl-4b-instruct", True),    # the cores cap it at 30 GB/s: 4B 5.4, 8B 2.7
+    (1, 16, 40, "qwen3-vl-2b-instruct", True),      # one thread: the core decides, not memory
+    (4, 16, 20, "qwen3-vl-2b-instruct", True),
+    (8, 32, 40, "qwen3-vl-4b-instruct", True),
+    (16, 64, 60, "qwen3-vl-8b-instruct", True),     # the 32B: 1.4 tokens/s
+    (16, 64, 20, "qwen3-vl-2b-instruct", True),     # many cores, slow memory: memory decides
+    (64, 256, 250, "qwen3-vl-32b-instruct", True),
+    (64, 256, 200, "qwen3-vl-8b-instruct", True),   # the 32B: 4.5, just short
     (64, 8, 200, "qwen3-vl-4b-instruct", True),      # fast, but only the 2B and 4B fit in RAM
     (4, 4, 20, "qwen3-vl-2b-instruct", False),      # nothing fits: the smallest, flagged
 ]
@@ -125,8 +128,8 @@ def test_the_start_on_a_cpu_logs_the_estimates_and_why(tmp_path, monkeypatch, ca
     assert "Qwen/Qwen3-VL-2B-Instruct-GGUF" in str(info.value)
     log = caplog.text
     assert "a CPU only: 2 threads, memory 10.0 GB/s (probed)" in log
-    assert "estimated decode speed here: qwen3-vl-2b-instruct 9.0, qwen3-vl-4b-instruct 4.0, " \
-        "qwen3-vl-8b-instruct 2.0 tokens/s (usable: >= 5)" in log
+    assert "estimated decode speed here: qwen3-vl-2b-instruct 4.1, qwen3-vl-4b-instruct 1.8, " \
+        "qwen3-vl-8b-instruct 0.9 tokens/s (usable: >= 5)" in log
     assert "choosing qwen3-vl-2b-instruct" in log
 
 
@@ -144,12 +147,12 @@ def test_on_a_cpu_a_local_model_too_slow_to_use_is_passed_over(pairs, tmp_path, 
     tiny = place(pairs["tiny"], tmp_path / "b")
     monkeypatch.setattr(startup, "memory_budget", lambda: Memory("cpu", 64 * GB, 64 * GB, "RAM"))
     weights = small[0].stat().st_size
-    # a machine on which the small model decodes at 2.5 tokens/s, the tiny one far faster
-    monkeypatch.setattr(startup, "cpu_speed", lambda threads: cpuspeed.CPU(1, 2.5 * weights))
+    # a machine on which the small model would decode at 2.25 tokens/s, the tiny one faster
+    monkeypatch.setattr(startup, "cpu_speed", lambda threads: cpuspeed.CPU(1, 5 * weights))
     choose = lambda: startup.choose(None, None, models_dir=tmp_path, quant=None)  # noqa: E731
     assert choose().model.resolve() == tiny[0]
-    monkeypatch.setattr(startup, "cpu_speed", lambda threads: cpuspeed.CPU(1, 5 * weights))
-    assert choose().model.resolve() == small[0]
+    monkeypatch.setattr(startup, "cpu_speed", lambda threads: cpuspeed.CPU(1, 12 * weights))
+    assert choose().model.resolve() == small[0]                       # 5.4 tokens/s
 
 
 def test_the_bandwidth_probe_measures_something_plausible():

@@ -3,9 +3,10 @@
 fits in RAM.
 
 Decoding a token reads every weight of the language model once (the vision projector is
-not read per token), so
+not read per token), and slows as the context grows, so in a conversation with a photo
 
-    tokens/s ~ min(memory bandwidth, cores x PER_CORE_BYTES_PER_S) / weight bytes
+    tokens/s ~ min(memory bandwidth, cores x PER_CORE_BYTES_PER_S) x IN_CONVERSATION
+               / weight bytes
 
 The bandwidth is probed (`probe`: each decode thread copies its own buffer, in parallel, as
 llama.cpp's threads read the weights); the per-core figure is measured, see below: on few
@@ -29,6 +30,10 @@ USABLE_TOKENS_PER_S = 5.0
 # a fast core: on a slower one, with few cores, the estimate is optimistic; with more than
 # a few cores the bandwidth probe is the limit anyway.
 PER_CORE_BYTES_PER_S = 15e9
+# What a conversation with a photo (~1,000 tokens of context) decodes at, against a short
+# prompt: 12-13 tokens/s against 28.5 for the bench preset here (docs/benchmarks.md). The
+# estimate is for that conversation, the one people have with a vision model.
+IN_CONVERSATION = 0.45
 PROBE_BYTES = 64 * 2**20   # per thread: past the caches of any CPU that matters
 
 
@@ -38,17 +43,20 @@ class CPU:
     bandwidth: float    # bytes/s of memory read by all of them together
 
     def tokens_per_s(self, weight_bytes: int) -> float:
-        """Estimated decode speed of a model whose weights are `weight_bytes`."""
-        return min(self.bandwidth, self.cores * PER_CORE_BYTES_PER_S) / max(weight_bytes, 1)
+        """Estimated decode speed, in a conversation with a photo, of a model whose
+        weights are `weight_bytes`."""
+        rate = min(self.bandwidth, self.cores * PER_CORE_BYTES_PER_S) * IN_CONVERSATION
+        return rate / max(weight_bytes, 1)
 
     def describe(self) -> str:
         return f"{self.cores} threads, memory {self.bandwidth / 1e9:.1f} GB/s"
 
 
-def probe(threads: int, size: int = PROBE_BYTES, rounds: int = 3) -> CPU:
+def probe(threads: int, size: int = PROBE_BYTES, rounds: int = 5) -> CPU:
     """Measure the memory bandwidth `threads` threads reach together: each copies its own
-    `size`-byte buffer (numpy releases the GIL while copying); the best of `rounds`. Reading
-    and writing both count. About 0.1-0.5 s."""
+    `size`-byte buffer (numpy releases the GIL while copying); the best of `rounds` (a
+    virtual machine's neighbours make single rounds noisy). Reading and writing both count.
+    About 0.2-0.5 s."""
     import numpy as np
     buffers = [(np.ones(size, dtype=np.uint8), np.empty(size, dtype=np.uint8))
                for _ in range(threads)]
