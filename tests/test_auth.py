@@ -14,7 +14,7 @@ from vlserve.ops.auth import KeyFileError, load_keys, parse_key_file
 
 CHAT_KEY, ADMIN_KEY, METRICS_KEY, ALL_KEY = ("chat-secret-1", "admin-secret-2",
                                              "metrics-secret-3", "everything-4")
-OPEN = {"/health", "/", "/chat.html", "/static/<path:name>", "/openapi.json"}
+OPEN = {"/health", "/", "/chat.html", "/static/<path:name>", "/openapi.json", "/docs"}
 
 
 @pytest.fixture(scope="module")

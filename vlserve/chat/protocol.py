@@ -97,10 +97,10 @@ STREAM_OPTIONS = Options("stream_options", {
 RETURN_PROGRESS = Flag("return_progress", description=(
     "With `stream`: before the first token, chunks with `prompt_progress` (llama.cpp's "
     "shape: `total`, `cache`, `processed`, `time_ms`; plus `images`: `total`, `done`, "
-    "`tokens_left`, `encoding`) and empty `choices[0].delta`: one as the prompt starts, one before and after "
-    "each image encoded, one per prompt slice, the last with `processed` = `total`. For "
-    "local models; a non-streamed answer has nowhere to put them (llama.cpp's server "
-    "ignores it there too)."))
+    "`tokens_left`, `encoding`) and empty `choices[0].delta`: one as the prompt starts, "
+    "one before and after each image encoded, one per prompt slice, the last with "
+    "`processed` = `total`. For local models; a non-streamed answer has nowhere to put "
+    "them (llama.cpp's server ignores it there too)."))
 MAX_TOKENS = Number("max_tokens", 1, None, integer=True, description=(
     "At most the server's `--max-tokens-cap` (default: the context size); above it 400. "
     "Default: what is left of the context."))
@@ -129,8 +129,8 @@ RESPONSE_FORMAT = ResponseFormat("response_format", description=(
     "token by token; it ends when the JSON is complete (`finish_reason` `stop`), or is cut "
     "by max_tokens (`length`: then it is not complete). A Thinking model reasons freely "
     "first. Not combinable with `stop`."))
-FIELDS = (MODEL, STREAM, STREAM_OPTIONS, RETURN_PROGRESS, MAX_TOKENS, MAX_COMPLETION_TOKENS, *SAMPLING, N,
-          REASONING_FORMAT, RESPONSE_FORMAT)
+FIELDS = (MODEL, STREAM, STREAM_OPTIONS, RETURN_PROGRESS, MAX_TOKENS, MAX_COMPLETION_TOKENS,
+          *SAMPLING, N, REASONING_FORMAT, RESPONSE_FORMAT)
 
 
 def _parse_part(part: Any, param: str) -> TextPart | ImagePart:

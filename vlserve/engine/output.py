@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 @dataclass(frozen=True)
 class Progress:
     """How far a request's prompt is: llama.cpp's `prompt_progress` (`total` prompt tokens,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tomllib
 
-from .cpuspeed import CPU, fastest_usable
+from .cpuspeed import CPU, largest_usable
 
 GB = 10**9
 USER_CATALOG = "catalog.toml"      # in the models directory
@@ -106,7 +106,7 @@ class Catalog:
             return kind[0], False
         if cpu is None:
             return fitting[-1], True
-        pick = fastest_usable([(e.id, e.weight_bytes(quant)) for e in fitting], cpu)
+        pick = largest_usable([(e.id, e.weight_bytes(quant)) for e in fitting], cpu)
         return self.get(pick), True
 
 

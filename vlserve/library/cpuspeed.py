@@ -70,7 +70,7 @@ def probe(threads: int, size: int = PROBE_BYTES, rounds: int = 5) -> CPU:
     return CPU(threads, best)
 
 
-def fastest_usable(sizes: list[tuple[str, int]], cpu: CPU) -> str:
+def largest_usable(sizes: list[tuple[str, int]], cpu: CPU) -> str:
     """Of (name, weight bytes) ordered smallest first, the largest whose estimated decode
     speed is usable; the smallest when none is."""
     usable = [name for name, size in sizes if cpu.tokens_per_s(size) >= USABLE_TOKENS_PER_S]

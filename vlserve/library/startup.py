@@ -99,7 +99,11 @@ def _auto(known: catalog.Catalog, models_dir: Path, quant: str | None,
         found = [m for m in found if exclude.resolve() not in m.model.resolve().parents]
     if found:
         local = _largest_fitting(found, memory.free, cpu)
-        why = "fits" if cpu is None else "fits and decodes at a usable speed on"
+        why = "fits"
+        if cpu is not None:
+            log.info("estimated decode speed here: %s", cpuspeed.explain(
+                [(m.id, m.weight_bytes) for m in sorted(found, key=lambda m: m.size_bytes)], cpu))
+            why = "decodes at a usable speed (else the smallest) and fits"
         log.info("serving %s, the largest model in %s that %s %s of %s (%s free)", local.id,
                  models_dir, why, memory.name, gpu.format_bytes(memory.total),
                  gpu.format_bytes(memory.free))
@@ -131,7 +135,7 @@ def _largest_fitting(models: list[LocalModel], budget: int,
         return by_size[0]
     if cpu is None:
         return fitting[-1]
-    pick = cpuspeed.fastest_usable([(m.id, m.weight_bytes) for m in fitting], cpu)
+    pick = cpuspeed.largest_usable([(m.id, m.weight_bytes) for m in fitting], cpu)
     return next(m for m in fitting if m.id == pick)
 
 
