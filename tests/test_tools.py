@@ -174,19 +174,30 @@ def test_tool_choice_none_never_calls(server):
 
 
 def test_streamed_and_whole_answers_agree(server):
-    """The same seed gives the same tokens: the stream's assembled calls are the whole
-    answer's (ids apart)."""
+    """The same tokens give the same answer: the stream's assembled calls are the whole
+    answer's (ids apart). Two runs of one prompt do not always get the same tokens: the
+    second continues from the first's KV cache, and a prompt continued from the cache and
+    one evaluated whole differ in the last bits of their logits (another summation order),
+    which flips a near-tie now and then (about one run of this module in six). So a pair that
+    disagrees is run again: float noise does not repeat, a bug in assembling the stream
+    would, every time."""
     for choice in ("auto", "required"):
-        for seed in range(3):
-            body = {"messages": [user("Weather?")], "tools": TOOLS, "tool_choice": choice,
-                    "max_tokens": 200, "temperature": 1, "seed": seed}
-            whole, r1 = collect(ask(server, body), False)
-            streamed, r2 = collect(ask(server, {**body, "stream": True}), True)
-            assert r1 == r2
-            strip = [c["function"] for c in whole.get("tool_calls") or []]
-            assert strip == [c["function"] for c in streamed["tool_calls"]]
-            assert (whole["content"] or "") == streamed["content"].strip() or (
-                not strip and whole["content"] == streamed["content"])
+        for question in ("Weather?", "What is the weather in Oslo?", "Read meter 7."):
+            body = {"messages": [user(question)], "tools": TOOLS, "tool_choice": choice,
+                    "max_tokens": 200, "temperature": 0}
+            pairs = []
+            for _ in range(3):
+                whole, r1 = collect(ask(server, body), False)
+                streamed, r2 = collect(ask(server, {**body, "stream": True}), True)
+                calls = [c["function"] for c in whole.get("tool_calls") or []]
+                pairs.append((r1, calls, (whole["content"] or "").strip(),
+                              r2, [c["function"] for c in streamed["tool_calls"]],
+                              streamed["content"].strip()))
+                if pairs[-1][:3] == pairs[-1][3:]:
+                    break
+            else:
+                raise AssertionError(f"{choice} {question!r}: the stream disagreed with the "
+                                     f"whole answer three times: {pairs}")
 
 
 def test_a_cut_call_says_length(server):
