@@ -13,6 +13,8 @@ let timer = null;
 let current = null;       // our prefill's id on the server
 let lastSent = "";        // the body last sent: the same draft is not prefilled twice
 let supported = true;
+let dropped = 0;          // drop()s so far: a prefill answered after one belongs to a dropped draft
+let keepLate = false;     // …and the last drop() was a Send (the request takes it over)
 
 /** The draft changed: prefill `makeBody()` now (an image came or went) or once typing
  *  pauses. `makeBody` answers null when there is nothing worth prefilling. */
@@ -30,10 +32,14 @@ export function drop({ cancel = true } = {}) {
   const id = current;
   current = null;
   lastSent = "";
-  if (cancel && id) {
-    fetch(`${ROUTE}/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() })
-      .catch(() => {});
-  }
+  dropped += 1;
+  keepLate = !cancel;
+  if (cancel && id) forget(id);
+}
+
+function forget(id) {
+  fetch(`${ROUTE}/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() })
+    .catch(() => {});
 }
 
 async function send(body) {
@@ -45,6 +51,7 @@ async function send(body) {
   const text = JSON.stringify(body);
   if (text === lastSent) return;
   lastSent = text;
+  const era = dropped;
   try {
     const response = await fetch(ROUTE, { method: "POST", body: text,
       headers: { "Content-Type": "application/json", ...authHeaders() } });
@@ -53,6 +60,11 @@ async function send(body) {
       return;
     }
     const answer = response.ok ? await response.json() : null;
-    if (lastSent === text) current = answer?.accepted ? answer.id : null;
+    const id = answer?.accepted ? answer.id : null;
+    if (era !== dropped) {       // dropped while it was on its way: forget it now
+      if (id && !keepLate) forget(id);
+    } else if (lastSent === text) {
+      current = id;
+    }
   } catch { /* the server is away: the request itself will say so */ }
 }
