@@ -151,10 +151,7 @@ def shoot(url: str, out_dir: Path) -> list[Path]:
         page.locator("#scroller").evaluate("el => el.scrollTop = el.scrollHeight")
         page.wait_for_timeout(200)
         paths.append(snap(page, out_dir / "phone.png"))
-        if problems.unexpected():
-            raise RuntimeError(f"the page logged errors: {problems.unexpected()}")
-        browser.close()
-    return paths
+        return done(browser, problems, paths)
 
 
 MATH_EXAMPLE = (
@@ -222,9 +219,14 @@ def shoot_features(url: str, out_dir: Path) -> list[Path]:
         page.mouse.move(0, 0)
         page.wait_for_timeout(300)
         paths.append(snap(page, out_dir / "math.png"))
-        if problems.unexpected():
-            raise RuntimeError(f"the page logged errors: {problems.unexpected()}")
-        browser.close()
+        return done(browser, problems, paths)
+
+
+def done(browser, problems, paths: list[Path]) -> list[Path]:
+    """The shots, unless the page logged an error while they were taken."""
+    if problems.unexpected():
+        raise RuntimeError(f"the page logged errors: {problems.unexpected()}")
+    browser.close()
     return paths
 
 

@@ -53,7 +53,8 @@ function message(m, depth) {
     out.toolCallId = callId.slice(0, 200);
   }
   const files = Array.isArray(m.files) ? m.files.filter((f) => typeof f?.name === "string"
-    && typeof f?.text === "string").map((f) => ({ name: f.name.slice(0, 200), text: f.text.slice(0, MAX_FILE_CHARS) })) : [];
+    && typeof f?.text === "string").map((f) => ({ name: f.name.slice(0, 200), text: f.text.slice(0, MAX_FILE_CHARS),
+    bytes: Number.isFinite(f.bytes) ? f.bytes : undefined })) : [];
   if (files.length && m.role === "user") out.files = files;
   // other versions of the conversation from here on (branches.js), each checked the same way
   if (Array.isArray(m.versions) && depth < MAX_VERSION_DEPTH && Number.isInteger(m.version)
